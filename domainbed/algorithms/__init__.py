@@ -1,0 +1,57 @@
+"""The algorithm registry.
+
+An algorithm is a class with `update(minibatches, unlabeled=None) -> dict` and `predict(x)`;
+the training script knows nothing else about it. Each family lives in its own module and
+registers itself with `@register_algorithm`; other packages add theirs through the
+`domainbed.plugins` entry point group, loaded at the end of this import.
+Set DOMAINBED_NO_PLUGINS=1 to skip the plugins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import sys
+from importlib.metadata import entry_points
+
+from domainbed.algorithms.base import Algorithm
+
+ALGORITHMS: list[str] = []
+_CLASSES: dict[str, type[Algorithm]] = {}
+
+
+def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
+    """Class decorator: make `cls` reachable by its class name."""
+    name = cls.__name__
+    if name in _CLASSES and _CLASSES[name] is not cls:
+        raise ValueError(f"algorithm {name!r} is already registered by {_CLASSES[name]!r}")
+    _CLASSES[name] = cls
+    if name not in ALGORITHMS:
+        ALGORITHMS.append(name)
+    setattr(sys.modules[__name__], name, cls)
+    return cls
+
+
+def get_algorithm_class(algorithm_name: str) -> type[Algorithm]:
+    """Return the algorithm class with the given name."""
+    if algorithm_name not in _CLASSES:
+        raise NotImplementedError(f"Algorithm not found: {algorithm_name}")
+    return _CLASSES[algorithm_name]
+
+
+def _import_families() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        if module.name != "base":
+            importlib.import_module(f"{__name__}.{module.name}")
+
+
+def _load_plugins() -> None:
+    if os.environ.get("DOMAINBED_NO_PLUGINS") == "1":
+        return
+    for entry in entry_points(group="domainbed.plugins"):
+        entry.load()()
+
+
+_import_families()
+_load_plugins()

@@ -1,0 +1,41 @@
+"""The dataset registry: one module per family, each class registered by name.
+
+`DATASETS`, `get_dataset_class` and `num_environments` behave as in the public DomainBed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+from domainbed.datasets.base import MultipleDomainDataset
+
+DATASETS: list[str] = []
+_CLASSES: dict[str, type[MultipleDomainDataset]] = {}
+
+
+def register_dataset(cls: type[MultipleDomainDataset]) -> type[MultipleDomainDataset]:
+    """Class decorator: make `cls` reachable by its class name."""
+    name = cls.__name__
+    _CLASSES[name] = cls
+    if name not in DATASETS:
+        DATASETS.append(name)
+    setattr(sys.modules[__name__], name, cls)
+    return cls
+
+
+def get_dataset_class(dataset_name: str) -> type[MultipleDomainDataset]:
+    """Return the dataset class with the given name."""
+    if dataset_name not in _CLASSES:
+        raise NotImplementedError(f"Dataset not found: {dataset_name}")
+    return _CLASSES[dataset_name]
+
+
+def num_environments(dataset_name: str) -> int:
+    return len(get_dataset_class(dataset_name).ENVIRONMENTS)
+
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name != "base":
+        importlib.import_module(f"{__name__}.{_module.name}")
