@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 
 class Algorithm(torch.nn.Module):
@@ -30,3 +31,7 @@ class Algorithm(torch.nn.Module):
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits for a batch of inputs."""
         raise NotImplementedError
+
+    def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The supervised loss; a subclass swaps it (ERM_ITL, RSC_ITL) without copying update()."""
+        return F.cross_entropy(logits, y)
