@@ -40,10 +40,18 @@ def get_algorithm_class(algorithm_name: str) -> type[Algorithm]:
     return _CLASSES[algorithm_name]
 
 
+# The public DomainBed's order, so default sweeps enumerate jobs in the same order.
+_UPSTREAM_ORDER = ("ERM", "IRM", "GroupDRO", "Mixup", "CORAL", "MMD", "DANN", "CDANN", "SagNet",
+                   "VREx", "RSC")
+
+
 def _import_families() -> None:
     for module in pkgutil.iter_modules(__path__):
         if module.name != "base":
             importlib.import_module(f"{__name__}.{module.name}")
+    ALGORITHMS.sort(key=lambda name: (name not in _UPSTREAM_ORDER,
+                                      _UPSTREAM_ORDER.index(name) if name in _UPSTREAM_ORDER
+                                      else 0))
 
 
 def _load_plugins() -> None:

@@ -1,0 +1,193 @@
+"""Command launchers: how a sweep's shell commands get run.
+
+A launcher is a callable taking the list of commands (plus optional keyword settings such as
+`max_parallel`). It is looked up by name in `REGISTRY`, as in the public DomainBed, and other
+packages add their own with `@register_launcher("name")` (a cluster launcher, say) before the
+sweep runs. A launcher that runs jobs to completion may return the commands that failed; one
+that only submits them returns None.
+
+Every job writes its own `done` file when it finishes, so the sweep, not the launcher, keeps
+track of what is finished: a launcher may be killed at any moment without losing anything but
+the jobs that were running.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+import tqdm
+
+Launcher = Callable[..., "list[str] | None"]
+
+REGISTRY: dict[str, Launcher] = {}
+_CHECKS: dict[str, Callable[[], None]] = {}
+
+_POLL_S = 0.2
+_GRACE_S = 10.0
+_STDERR_TAIL_LINES = 5
+
+
+def register_launcher(
+    name: str, check: Callable[[], None] | None = None
+) -> Callable[[Launcher], Launcher]:
+    """Decorator: make a launcher available to `sweep --command_launcher name`.
+
+    `check`, if given, raises RuntimeError when the launcher cannot work here (no GPU, no
+    scheduler); the sweep calls it before it creates any job directory.
+    """
+
+    def decorate(fn: Launcher) -> Launcher:
+        if name in REGISTRY and REGISTRY[name] is not fn:
+            raise ValueError(f"command launcher {name!r} is already registered")
+        REGISTRY[name] = fn
+        if check is not None:
+            _CHECKS[name] = check
+        return fn
+
+    return decorate
+
+
+def check_launcher(name: str) -> None:
+    """Raise RuntimeError, with what to do instead, if launcher `name` cannot run here."""
+    if name in _CHECKS:
+        _CHECKS[name]()
+
+
+@register_launcher("dummy")
+def dummy_launcher(commands: Sequence[str]) -> None:
+    """Print the commands instead of running them: shows what a sweep would do."""
+    for command in commands:
+        print(f"Dummy launcher: {command}")
+
+
+@dataclass
+class _Running:
+    command: str
+    process: subprocess.Popen
+    stderr: IO[bytes]
+    slot: int
+
+
+@dataclass
+class _Failure:
+    command: str
+    returncode: int
+    stderr_tail: list[str] = field(default_factory=list)
+
+
+def _tail(handle: IO[bytes]) -> list[str]:
+    handle.seek(0)
+    lines = handle.read().decode("utf-8", errors="replace").splitlines()
+    return lines[-_STDERR_TAIL_LINES:]
+
+
+def _stop(running: list[_Running]) -> None:
+    """Terminate the jobs still running, then kill those that outlive the grace period."""
+    for job in running:
+        if job.process.poll() is None:
+            job.process.terminate()
+    deadline = time.monotonic() + _GRACE_S
+    for job in running:
+        try:
+            job.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            job.process.kill()
+            job.process.wait()
+        job.stderr.close()
+
+
+def _report(failures: list[_Failure], total: int) -> None:
+    if not failures:
+        print(f"All {total} jobs exited successfully.")
+        return
+    print(f"{len(failures)} of {total} jobs failed:")
+    for failure in failures:
+        print(f"  exit status {failure.returncode}: {failure.command}")
+        for line in failure.stderr_tail:
+            print(f"    | {line}")
+
+
+def run_pool(commands: Sequence[str], slot_envs: Sequence[dict[str, str]]) -> list[str]:
+    """Run `commands` as shell commands, one per slot at a time; return the failed ones.
+
+    Slot i runs its jobs with `slot_envs[i]` added to the environment (a GPU id, say). A job's
+    stdout is dropped (the training script keeps its own log) and its stderr is kept to show
+    the end of it if the job fails. On Ctrl-C the running jobs are stopped before re-raising.
+    """
+    pending = list(commands)
+    pending.reverse()
+    running: list[_Running] = []
+    failures: list[_Failure] = []
+    free_slots = list(range(len(slot_envs)))
+    progress = tqdm.tqdm(total=len(commands), desc="jobs", unit="job", ncols=80)
+    try:
+        while pending or running:
+            while pending and free_slots:
+                slot = free_slots.pop(0)
+                command = pending.pop()
+                stderr = tempfile.TemporaryFile()
+                process = subprocess.Popen(
+                    command,
+                    shell=True,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env={**os.environ, **slot_envs[slot]},
+                )
+                running.append(_Running(command, process, stderr, slot))
+            time.sleep(_POLL_S)
+            for job in [job for job in running if job.process.poll() is not None]:
+                running.remove(job)
+                free_slots.append(job.slot)
+                if job.process.returncode != 0:
+                    failures.append(
+                        _Failure(job.command, job.process.returncode, _tail(job.stderr))
+                    )
+                    progress.set_postfix(failed=len(failures))
+                job.stderr.close()
+                progress.update(1)
+    except BaseException:
+        _stop(running)
+        raise
+    finally:
+        progress.close()
+    _report(failures, len(commands))
+    return [failure.command for failure in failures]
+
+
+@register_launcher("local")
+def local_launcher(commands: Sequence[str], max_parallel: int = 1) -> list[str]:
+    """Run the commands on this machine, `max_parallel` at a time (default: one after another)."""
+    if max_parallel < 1:
+        raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
+    return run_pool(commands, [{} for _ in range(max_parallel)])
+
+
+def _visible_gpus() -> list[str]:
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    import torch
+
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+def _require_gpus() -> None:
+    if not _visible_gpus():
+        raise RuntimeError("the multi_gpu launcher found no GPU; use --command_launcher local")
+
+
+@register_launcher("multi_gpu", check=_require_gpus)
+def multi_gpu_launcher(commands: Sequence[str]) -> list[str]:
+    """Run the commands on this machine, one per visible GPU at a time.
+
+    Each job sees only its own GPU through CUDA_VISIBLE_DEVICES; the GPUs are those listed in
+    CUDA_VISIBLE_DEVICES if it is set, else every GPU torch finds.
+    """
+    _require_gpus()
+    return run_pool(commands, [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in _visible_gpus()])

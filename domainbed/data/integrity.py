@@ -1,0 +1,80 @@
+"""Size and MD5 checks, and writes that are all-or-nothing.
+
+Every file the project produces is written to a temporary name in the destination directory and
+renamed into place only once complete, so an interrupted run leaves either the old state or the
+new one, never a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CorruptFileError(RuntimeError):
+    """A file exists but does not have the expected size or checksum."""
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """What a finished file must look like: its name, and its size and MD5 where known."""
+
+    name: str
+    md5: str
+    size: int | None = None
+
+
+def md5_of(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_size(path: Path, spec: FileSpec) -> None:
+    """Cheap completeness check: catches truncation without reading the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    if spec.size is not None and path.stat().st_size != spec.size:
+        raise CorruptFileError(
+            f"{path} has {path.stat().st_size} bytes, expected {spec.size} (truncated or corrupt)"
+        )
+
+
+def verify(path: Path, spec: FileSpec) -> None:
+    """Full check (size, then MD5); raises rather than returning a flag so nobody ignores it."""
+    check_size(path, spec)
+    actual = md5_of(path)
+    if actual != spec.md5:
+        raise CorruptFileError(f"{path} has MD5 {actual}, expected {spec.md5} (corrupt)")
+
+
+def atomic_write(
+    path: Path, chunks: Iterable[bytes], check: Callable[[Path], None] | None = None
+) -> None:
+    """Write `chunks` to `path` through a temporary file in the same directory and a rename.
+
+    `check` runs on the finished temporary file; if it raises, the file is deleted and `path` is
+    left untouched, so content that fails verification never appears under its final name.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_name = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
+    # os.open with O_EXCL instead of mkstemp: same safety, but the umask sets the permissions.
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if check is not None:
+            check(tmp_name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        tmp_name.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,391 @@
+"""Run a DomainBed hyperparameter sweep, and pick it up again after an interruption.
+
+    python -m domainbed.scripts.sweep launch --datasets RotatedMNIST --algorithms ERM \\
+        --data_dir D --output_dir O --command_launcher local [--max_parallel 2]
+    python -m domainbed.scripts.sweep delete_incomplete ...same flags...
+    python -m domainbed.scripts.sweep delete_all ...same flags...
+
+Each job (trial x dataset x algorithm x test envs x hyperparameter seed) lives in
+`O/<md5 of its training arguments>`, named exactly as the public DomainBed names it, so a
+directory it wrote is recognised job for job. A job is done when its directory holds `done`,
+incomplete when the directory exists without it (running, failed or killed), and not launched
+otherwise. `launch` starts only jobs not launched; `delete_incomplete` clears failed or killed
+ones so that the next `launch` reruns exactly those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import inspect
+import json
+import os
+import random
+import shlex
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from domainbed import command_launchers, datasets
+from domainbed.lib.misc import seed_hash
+
+_TRASH_PREFIX = ".deleting-"
+
+NOT_LAUNCHED = "Not launched"
+INCOMPLETE = "Incomplete"
+DONE = "Done"
+
+
+class Job:
+    """One training run of a sweep: its arguments, directory, command line and state."""
+
+    NOT_LAUNCHED = NOT_LAUNCHED
+    INCOMPLETE = INCOMPLETE
+    DONE = DONE
+
+    def __init__(self, train_args: dict[str, Any], sweep_output_dir: str):
+        digest = hashlib.md5(json.dumps(train_args, sort_keys=True).encode("utf-8")).hexdigest()
+        self.output_dir = os.path.join(sweep_output_dir, digest)
+        self.train_args = copy.deepcopy(train_args)
+        self.train_args["output_dir"] = self.output_dir
+        self.command_str = " ".join(
+            [shlex.quote(sys.executable), "-m", "domainbed.scripts.train"]
+            + [f"--{key} {_cli_value(value)}" for key, value in sorted(self.train_args.items())]
+        )
+        self.state = _state_of(self.output_dir)
+
+    def __str__(self) -> str:
+        args = self.train_args
+        return (
+            f"{self.state}: {self.output_dir} ({args.get('dataset')}, {args.get('algorithm')}, "
+            f"test_envs={args.get('test_envs')}, hparams_seed={args.get('hparams_seed')}, "
+            f"trial_seed={args.get('trial_seed')})"
+        )
+
+    @staticmethod
+    def launch(
+        jobs: Sequence[Job], launcher_fn: command_launchers.Launcher, seed: int = 0, **options: Any
+    ) -> list[str] | None:
+        """Create the jobs' directories, then hand their commands to the launcher.
+
+        The order is shuffled (seeded) so that a partial sweep covers every dataset and
+        algorithm a little rather than the first ones completely.
+        """
+        jobs = list(jobs)
+        random.Random(seed).shuffle(jobs)
+        for job in jobs:
+            os.makedirs(job.output_dir, exist_ok=True)
+        print(f"Launching {len(jobs)} jobs...")
+        failed = launcher_fn([job.command_str for job in jobs], **options)
+        print(f"Launched {len(jobs)} jobs!")
+        return failed
+
+    @staticmethod
+    def delete(jobs: Sequence[Job]) -> None:
+        """Remove the jobs' directories, each at once: renamed to a hidden name, then deleted.
+
+        A deletion killed halfway leaves a hidden directory that no reader looks at; the next
+        deletion in the same sweep directory finishes it.
+        """
+        parents = set()
+        for job in jobs:
+            parent, name = os.path.split(job.output_dir)
+            parents.add(parent)
+            trash = os.path.join(parent, f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+            os.replace(job.output_dir, trash)
+            shutil.rmtree(trash)
+        for parent in parents:
+            for leftover in os.listdir(parent):
+                if leftover.startswith(_TRASH_PREFIX):
+                    shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
+        print(f"Deleted {len(jobs)} jobs!")
+
+
+def _cli_value(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    if isinstance(value, str):
+        return shlex.quote(value)
+    return str(value)
+
+
+def _state_of(output_dir: str) -> str:
+    if os.path.exists(os.path.join(output_dir, "done")):
+        return DONE
+    if os.path.exists(output_dir):
+        return INCOMPLETE
+    return NOT_LAUNCHED
+
+
+def all_test_env_combinations(n: int) -> Iterator[list[int]]:
+    """Every single test env and every pair, in the order [0], [0, 1], [0, 2], ..., [1], ...
+
+    The pairs are what leave-one-domain-out model selection validates on.
+    """
+    if n < 3:
+        raise ValueError(f"leave-one-domain-out needs at least 3 environments, got {n}")
+    for first in range(n):
+        yield [first]
+        for second in range(first + 1, n):
+            yield [first, second]
+
+
+def make_args_list(
+    n_trials: int,
+    dataset_names: Sequence[str],
+    algorithms: Sequence[str],
+    n_hparams_from: int,
+    n_hparams: int,
+    steps: int | None,
+    data_dir: str,
+    task: str,
+    holdout_fraction: float,
+    single_test_envs: bool,
+    hparams: str | None,
+) -> list[dict[str, Any]]:
+    """The training arguments of every job, in the public DomainBed's order and form.
+
+    The keys and values (the per-job `seed` included) must stay exactly as they are: their
+    JSON text names each job's directory.
+    """
+    args_list = []
+    for trial_seed in range(n_trials):
+        for dataset in dataset_names:
+            n_envs = datasets.num_environments(dataset)
+            for algorithm in algorithms:
+                if single_test_envs:
+                    test_env_sets: list[list[int]] = [[env] for env in range(n_envs)]
+                else:
+                    test_env_sets = list(all_test_env_combinations(n_envs))
+                for test_envs in test_env_sets:
+                    for hparams_seed in range(n_hparams_from, n_hparams):
+                        train_args: dict[str, Any] = {
+                            "dataset": dataset,
+                            "algorithm": algorithm,
+                            "test_envs": test_envs,
+                            "holdout_fraction": holdout_fraction,
+                            "hparams_seed": hparams_seed,
+                            "data_dir": data_dir,
+                            "task": task,
+                            "trial_seed": trial_seed,
+                            "seed": seed_hash(
+                                dataset, algorithm, test_envs, hparams_seed, trial_seed
+                            ),
+                        }
+                        if steps is not None:
+                            train_args["steps"] = steps
+                        if hparams is not None:
+                            train_args["hparams"] = hparams
+                        args_list.append(train_args)
+    return args_list
+
+
+def ask_for_confirmation() -> bool:
+    """True only for an answer starting with 'y'; end of input counts as no."""
+    try:
+        answer = input("Are you sure? (y/n) ")
+    except EOFError:
+        answer = ""
+    return answer.strip().lower().startswith("y")
+
+
+class UsageError(Exception):
+    """Bad command-line input, reported on one line before anything is started."""
+
+
+def _default_datasets() -> list[str]:
+    return [name for name in datasets.DATASETS if "Debug" not in name]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Run a sweep")
+    parser.add_argument("command", choices=["launch", "delete_incomplete", "delete_all"])
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        type=str,
+        default=None,
+        help="default: every registered dataset except the Debug ones",
+    )
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        type=str,
+        default=None,
+        help="default: every registered algorithm",
+    )
+    parser.add_argument(
+        "--task",
+        type=str,
+        default="domain_generalization",
+        choices=["domain_generalization", "domain_adaptation"],
+    )
+    parser.add_argument("--n_hparams_from", type=int, default=0)
+    parser.add_argument("--n_hparams", type=int, default=20)
+    parser.add_argument("--output_dir", type=str, required=True)
+    parser.add_argument("--data_dir", type=str, required=True)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the order in which jobs are launched"
+    )
+    parser.add_argument("--n_trials", type=int, default=3)
+    parser.add_argument("--command_launcher", type=str, required=True)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument(
+        "--hparams",
+        type=str,
+        default=None,
+        help="JSON dict of hyperparameters that override every job's",
+    )
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--single_test_envs", action="store_true")
+    parser.add_argument("--skip_confirmation", action="store_true")
+    parser.add_argument(
+        "--max_parallel",
+        type=int,
+        default=None,
+        help="jobs run at once by the local launcher (default 1)",
+    )
+    return parser
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse any input that would make jobs fail, before a single one is created."""
+    import domainbed.algorithms  # registers every algorithm and runs the plugins
+
+    known_algorithms = domainbed.algorithms.ALGORITHMS
+    for name in args.datasets:
+        if name not in datasets.DATASETS:
+            raise UsageError(f"unknown dataset {name!r} (known: {', '.join(datasets.DATASETS)})")
+    for name in args.algorithms:
+        if name not in known_algorithms:
+            raise UsageError(f"unknown algorithm {name!r} (known: {', '.join(known_algorithms)})")
+    if args.command_launcher not in command_launchers.REGISTRY:
+        raise UsageError(
+            f"unknown command launcher {args.command_launcher!r} "
+            f"(known: {', '.join(command_launchers.REGISTRY)})"
+        )
+    if args.command == "launch":
+        try:
+            command_launchers.check_launcher(args.command_launcher)
+        except RuntimeError as err:
+            raise UsageError(str(err)) from None
+    if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from or args.n_hparams_from < 0:
+        raise UsageError(
+            "need --n_trials >= 1 and 0 <= --n_hparams_from < --n_hparams "
+            f"(got {args.n_trials}, {args.n_hparams_from}, {args.n_hparams})"
+        )
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {args.steps}")
+    if not 0.0 < args.holdout_fraction < 1.0:
+        raise UsageError(f"--holdout_fraction must lie in (0, 1), got {args.holdout_fraction}")
+    if args.hparams is not None:
+        try:
+            overrides = json.loads(args.hparams)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--hparams is not valid JSON: {err}") from None
+        if not isinstance(overrides, dict):
+            raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
+    if not args.single_test_envs:
+        for name in args.datasets:
+            if datasets.num_environments(name) < 3:
+                raise UsageError(f"{name} has fewer than 3 environments: add --single_test_envs")
+    if args.max_parallel is not None:
+        if args.max_parallel < 1:
+            raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
+        launcher = command_launchers.REGISTRY[args.command_launcher]
+        if "max_parallel" not in inspect.signature(launcher).parameters:
+            raise UsageError(f"the {args.command_launcher!r} launcher does not take --max_parallel")
+
+
+def _summary(jobs: Sequence[Job]) -> str:
+    counts = {
+        state: sum(job.state == state for job in jobs) for state in (DONE, INCOMPLETE, NOT_LAUNCHED)
+    }
+    return (
+        f"{len(jobs)} jobs: {counts[DONE]} done, {counts[INCOMPLETE]} incomplete, "
+        f"{counts[NOT_LAUNCHED]} not launched."
+    )
+
+
+def _confirmed(args: argparse.Namespace) -> bool:
+    if args.skip_confirmation or ask_for_confirmation():
+        return True
+    print("Nevermind!")
+    return False
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out one sweep command on already-parsed arguments; the exit status."""
+    args.datasets = args.datasets if args.datasets is not None else _default_datasets()
+    if args.algorithms is None:
+        import domainbed.algorithms
+
+        args.algorithms = list(domainbed.algorithms.ALGORITHMS)
+    _check(args)
+    args_list = make_args_list(
+        n_trials=args.n_trials,
+        dataset_names=args.datasets,
+        algorithms=args.algorithms,
+        n_hparams_from=args.n_hparams_from,
+        n_hparams=args.n_hparams,
+        steps=args.steps,
+        data_dir=args.data_dir,
+        task=args.task,
+        holdout_fraction=args.holdout_fraction,
+        single_test_envs=args.single_test_envs,
+        hparams=args.hparams,
+    )
+    jobs = [Job(train_args, args.output_dir) for train_args in args_list]
+    for job in jobs:
+        print(job)
+    print(_summary(jobs))
+
+    if args.command == "launch":
+        to_launch = [job for job in jobs if job.state == NOT_LAUNCHED]
+        incomplete = sum(job.state == INCOMPLETE for job in jobs)
+        if incomplete:
+            print(
+                f"{incomplete} incomplete jobs are left alone; if they are not running, "
+                "`delete_incomplete` and launch again to rerun them."
+            )
+        print(f"About to launch {len(to_launch)} jobs.")
+        if not to_launch or not _confirmed(args):
+            return 0
+        options = {} if args.max_parallel is None else {"max_parallel": args.max_parallel}
+        launcher = command_launchers.REGISTRY[args.command_launcher]
+        try:
+            failed = Job.launch(to_launch, launcher, seed=args.seed, **options)
+        except KeyboardInterrupt:
+            print(
+                "Interrupted: unfinished jobs are incomplete; `delete_incomplete` then `launch` "
+                "reruns them.",
+                file=sys.stderr,
+            )
+            return 130
+        return 1 if failed else 0
+
+    wanted = INCOMPLETE if args.command == "delete_incomplete" else None
+    to_delete = [job for job in jobs if job.state != NOT_LAUNCHED and wanted in (None, job.state)]
+    print(f"About to delete {len(to_delete)} jobs.")
+    if to_delete and _confirmed(args):
+        Job.delete(to_delete)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UsageError as err:
+        print(f"sweep: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sweep: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

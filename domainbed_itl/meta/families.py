@@ -1,0 +1,198 @@
+"""Loss families the meta-learner can learn: Taylor polynomials of order 2-5 (the paper's ITL
+family, Eq. 8-10 and Fig. 6) and iSCE, the learned (alpha, beta) mix of symmetric
+cross-entropy (Sec. 4.4).
+
+A family is a thin adapter: the loss itself lives in domainbed_itl.losses, so the meta-learner
+trains with exactly the function ERM_ITL later deploys. What a family adds is what meta-training
+needs around it: the size of w, named starting points, and the hparams dict that hands the
+learned w to the deployed algorithm.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from domainbed_itl.losses.taylor import ITL_OMEGA, n_taylor_params, taylor_loss
+
+TAYLOR_ORDERS = (2, 3, 4, 5)
+INIT_PRESETS = ("ce_like", "random", "itl")
+
+
+class LossFamily(Protocol):
+    """What the meta-learner needs from a parametric loss L_w."""
+
+    name: str
+
+    @property
+    def n_params(self) -> int: ...
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Batch-mean loss; differentiable twice in the logits and once more in w."""
+        ...
+
+    def spec(self) -> dict[str, Any]:
+        """What identifies the family in configs and checkpoints."""
+        ...
+
+    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
+        """The learned w in the form the deployed algorithm takes through --hparams."""
+        ...
+
+    def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+        """A named starting point (see INIT_PRESETS)."""
+        ...
+
+
+def _ce_logit_gradients(n: int, num_classes: int, generator: torch.Generator):
+    """Logits spanning what training visits (near-uniform to confident, right and wrong), their
+    labels, and cross-entropy's gradient with respect to them (softmax - one-hot)."""
+    y = torch.randint(num_classes, (n,), generator=generator)
+    spread = 3.0 * torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    margin = -3.0 + 12.0 * torch.rand(n, 1, generator=generator, dtype=torch.float64)
+    z = spread * torch.randn(n, num_classes, generator=generator, dtype=torch.float64)
+    z = z + margin * F.one_hot(y, num_classes).double()
+    return z, y, torch.softmax(z, 1) - F.one_hot(y, num_classes).double()
+
+
+@dataclass(frozen=True)
+class TaylorFamily:
+    """Bivariate Taylor polynomial of order `order` in (softmax prob, one-hot label); w holds the
+    two centres followed by the coefficients, ordered as domainbed_itl.losses.taylor does."""
+
+    order: int = 4
+    name: str = "taylor"
+
+    def __post_init__(self) -> None:
+        if self.order not in TAYLOR_ORDERS:
+            raise ValueError(f"Taylor order must be one of {TAYLOR_ORDERS}, got {self.order}")
+
+    @property
+    def n_params(self) -> int:
+        return n_taylor_params(self.order)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return taylor_loss(logits, targets, w, order=self.order)
+
+    def spec(self) -> dict[str, Any]:
+        return {"family": self.name, "order": self.order}
+
+    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
+        out: dict[str, Any] = {"itl_omega": [float(v) for v in w]}
+        if self.order != 4:
+            out["itl_order"] = self.order
+        return out
+
+    def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+        if name == "itl":
+            if self.order != 4:
+                raise ValueError("--init itl is the paper's order-4 loss; use another --init")
+            return torch.tensor(ITL_OMEGA, dtype=torch.float32)
+        if name == "random":
+            return 0.1 * torch.randn(self.n_params, generator=generator)
+        if name == "ce_like":
+            return self.fit_cross_entropy(num_classes, generator)
+        raise ValueError(f"unknown --init {name!r}; choose {', '.join(INIT_PRESETS)} or a JSON file")
+
+    def fit_cross_entropy(
+        self, num_classes: int, generator: torch.Generator, n: int = 4096
+    ) -> torch.Tensor:
+        """The family member whose gradients in the logits best match cross-entropy's, in least
+        squares over sampled logits, with both centres at 0.
+
+        This is the natural start for learning a replacement of CE: training with it behaves
+        like training with CE, so the first inner loops learn and the first hypergradients are
+        informative. With the centres fixed the logit gradient is linear in the coefficients,
+        so the fit is one (minimum-norm) least-squares solve, in float64.
+        """
+        z, y, target = _ce_logit_gradients(n, num_classes, generator)
+        columns = []
+        for k in range(2, self.n_params):
+            w = torch.zeros(self.n_params, dtype=torch.float64)
+            w[k] = 1.0
+            zk = z.clone().requires_grad_()
+            (grad,) = torch.autograd.grad(self.loss(zk, y, w) * n, zk)
+            columns.append(grad.reshape(-1))
+        design = torch.stack(columns, 1)
+        coef = torch.linalg.pinv(design) @ target.reshape(-1)
+        return torch.cat([torch.zeros(2, dtype=torch.float64), coef]).float()
+
+
+# Wang et al. (2019) clip log(0) to A = -4 in the reverse cross-entropy.
+RCE_LOG_ZERO = -4.0
+
+
+@dataclass(frozen=True)
+class ISCEFamily:
+    """iSCE: w = (alpha, beta) in alpha * CE(q, p) + beta * RCE(p, q), RCE's log 0 set to -4,
+    which makes RCE = 4 * (1 - p_true)."""
+
+    name: str = "isce"
+
+    @property
+    def n_params(self) -> int:
+        return 2
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, targets)
+        p_true = torch.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
+        rce = (-RCE_LOG_ZERO * (1.0 - p_true)).mean()
+        return w[0] * ce + w[1] * rce
+
+    def spec(self) -> dict[str, Any]:
+        return {"family": self.name}
+
+    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
+        return {"isce_alpha": float(w[0]), "isce_beta": float(w[1])}
+
+    def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+        if name == "ce_like":
+            return torch.tensor([1.0, 0.0])
+        if name == "random":
+            return torch.rand(2, generator=generator)
+        raise ValueError(f"--init {name!r} does not apply to iSCE; use ce_like, random or a file")
+
+
+def make_family(name: str, order: int = 4) -> LossFamily:
+    """The family named on the command line."""
+    if name == "taylor":
+        return TaylorFamily(order)
+    if name == "isce":
+        return ISCEFamily()
+    raise ValueError(f"unknown loss family {name!r}; choose taylor or isce")
+
+
+def initial_w(
+    family: LossFamily, init: str, num_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Starting w from a preset name or a JSON file (a learned_loss.json, any dict of the
+    family's hparams, or a plain list), checked for size and finiteness."""
+    if init in INIT_PRESETS:
+        w = family.preset(init, num_classes, generator)
+    else:
+        path = Path(init)
+        if not path.is_file():
+            raise ValueError(f"--init {init!r} is neither {', '.join(INIT_PRESETS)} nor a file")
+        w = torch.tensor(_values_from_json(json.loads(path.read_text()), family),
+                         dtype=torch.float32)
+    if w.shape != (family.n_params,):
+        raise ValueError(f"{family.spec()} needs {family.n_params} values, got {tuple(w.shape)}")
+    if not all(math.isfinite(float(v)) for v in w):
+        raise ValueError(f"initial w is not finite: {w.tolist()}")
+    return w.float()
+
+
+def _values_from_json(obj: Any, family: LossFamily) -> list[float]:
+    if isinstance(obj, list):
+        return [float(v) for v in obj]
+    if isinstance(obj, dict) and "itl_omega" in obj:
+        return [float(v) for v in obj["itl_omega"]]
+    if isinstance(obj, dict) and "isce_alpha" in obj:
+        return [float(obj["isce_alpha"]), float(obj["isce_beta"])]
+    raise ValueError(f"cannot read a {family.spec()} w from {obj!r:.200}")

@@ -1,0 +1,187 @@
+"""Hypergradient of the held-out loss with respect to the loss parameters w, by the implicit
+function theorem (IFT), with the inverse Hessian replaced by a truncated Neumann series.
+
+At an inner optimum theta*(w), dL_train/dtheta = 0, so
+
+    dM/dw = - dM/dtheta . H^-1 . d2L_train/(dtheta dw),     H = d2L_train/dtheta2.
+
+With v = dM/dtheta and p = sum_{j=0..J} (I - alpha H)^j v we have alpha p -> H^-1 v as J grows
+(when 0 < alpha * eigenvalues < 2), hence
+
+    hypergradient = - alpha * p . d2L_train/(dtheta dw)
+
+(Lorraine et al., 2020; Algorithm 2 of the paper prints the output without the alpha factor).
+Everything is a Hessian-vector or mixed vector product, i.e. a double backward through one
+batch; no Hessian is ever materialised, except in `exact_hypergradient`, which exists to check
+the Neumann estimate on models small enough to afford it.
+
+Callers supply the two objectives as closures over fixed batches:
+`train_loss(params, w) -> scalar` (L_w on a batch of source data) and
+`val_loss(params) -> scalar` (M, e.g. cross-entropy on held-out data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from domainbed_itl.meta.base_model import Params
+
+TrainLoss = Callable[[Params, torch.Tensor], torch.Tensor]
+ValLoss = Callable[[Params], torch.Tensor]
+
+
+@dataclass
+class Hypergradient:
+    """dM/dw estimate and what it was computed from.
+
+    `neumann_ratio` is |(I - alpha H)^J v| / |v|: well below 1 means the series has converged;
+    above 1 means alpha is too large for this Hessian (or H has sizeable negative curvature)
+    and the estimate is not to be trusted.
+    """
+
+    grad: torch.Tensor
+    val_loss: float
+    v_norm: float
+    neumann_ratio: float
+
+
+def _fresh(params: Sequence[torch.Tensor]) -> Params:
+    return [p.detach().requires_grad_() for p in params]
+
+
+def _norm(vectors: Sequence[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in vectors)))
+
+
+def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
+    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
+
+
+def hessian_vector_product(
+    grads: Sequence[torch.Tensor], params: Params, vector: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """H @ vector, from `grads` = dL/dparams built with create_graph=True (graph is kept)."""
+    return list(torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True))
+
+
+def neumann_inverse_hvp(
+    grads: Sequence[torch.Tensor],
+    params: Params,
+    v: Sequence[torch.Tensor],
+    alpha: float,
+    terms: int,
+) -> tuple[list[torch.Tensor], float]:
+    """p = sum_{j=0..terms} (I - alpha H)^j v, so that alpha * p approximates H^-1 v.
+
+    Returns p and |(I - alpha H)^terms v| / |v| (see Hypergradient.neumann_ratio). This is
+    Algorithm 2's loop: `terms` Hessian-vector products in all.
+    """
+    if terms < 0 or not alpha > 0:
+        raise ValueError(f"Neumann series needs terms >= 0 and alpha > 0, got {terms}, {alpha}")
+    term = [t.detach().clone() for t in v]
+    total = [t.clone() for t in term]
+    for _ in range(terms):
+        hv = hessian_vector_product(grads, params, term)
+        term = [t - alpha * h for t, h in zip(term, hv, strict=True)]
+        total = [s + t for s, t in zip(total, term, strict=True)]
+    v_norm = _norm(v)
+    ratio = _norm(term) / v_norm if v_norm > 0 else 0.0
+    return total, ratio
+
+
+def mixed_vector_product(
+    grads: Sequence[torch.Tensor], w: torch.Tensor, vector: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """vector . d2L/(dparams dw), a vector shaped like w; `grads` must be built with
+    create_graph=True from a loss that depends on `w` (a leaf with requires_grad)."""
+    (mixed,) = torch.autograd.grad(grads, w, grad_outputs=list(vector), retain_graph=True)
+    return mixed
+
+
+def _objectives(
+    params: Params, w: torch.Tensor, train_loss: TrainLoss, val_loss: ValLoss
+) -> tuple[Params, torch.Tensor, tuple[torch.Tensor, ...], list[torch.Tensor], float]:
+    theta = _fresh(params)
+    w_leaf = w.detach().requires_grad_()
+    m = val_loss(theta)
+    v = list(torch.autograd.grad(m, theta))
+    grads = torch.autograd.grad(train_loss(theta, w_leaf), theta, create_graph=True)
+    return theta, w_leaf, grads, v, float(m.detach())
+
+
+def implicit_hypergradient(
+    params: Params,
+    w: torch.Tensor,
+    train_loss: TrainLoss,
+    val_loss: ValLoss,
+    alpha: float,
+    terms: int = 15,
+) -> Hypergradient:
+    """dM/dw at the trained `params` by IFT + Neumann series (Algorithm 2 with the alpha scale).
+
+    The Hessian and the mixed derivative both come from the one `train_loss` closure, i.e. the
+    same batch of training data. `params` and `w` are not modified.
+    """
+    theta, w_leaf, grads, v, m = _objectives(params, w, train_loss, val_loss)
+    p, ratio = neumann_inverse_hvp(grads, theta, v, alpha, terms)
+    grad = -alpha * mixed_vector_product(grads, w_leaf, p)
+    return Hypergradient(grad.detach(), m, _norm(v), ratio)
+
+
+def exact_hypergradient(
+    params: Params, w: torch.Tensor, train_loss: TrainLoss, val_loss: ValLoss
+) -> torch.Tensor:
+    """dM/dw with the Hessian built row by row and solved exactly (small models only: costs one
+    backward pass per parameter and O(n^2) memory). The reference for the Neumann estimate."""
+    theta, w_leaf, grads, v, _ = _objectives(params, w, train_loss, val_loss)
+    hessian = full_hessian(grads, theta)
+    flat_v = torch.cat([t.reshape(-1) for t in v])
+    u = torch.linalg.solve(hessian, flat_v)
+    pieces = list(torch.split(u, [t.numel() for t in theta]))
+    u_list = [piece.reshape(t.shape) for piece, t in zip(pieces, theta, strict=True)]
+    return (-mixed_vector_product(grads, w_leaf, u_list)).detach()
+
+
+def full_hessian(grads: Sequence[torch.Tensor], params: Params) -> torch.Tensor:
+    """The n x n Hessian from `grads` (create_graph=True), one row per backward pass."""
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    rows = []
+    for i in range(flat.numel()):
+        row = torch.autograd.grad(flat[i], params, retain_graph=True, allow_unused=True)
+        rows.append(
+            torch.cat(
+                [
+                    (r if r is not None else torch.zeros_like(p)).reshape(-1)
+                    for r, p in zip(row, params, strict=True)
+                ]
+            )
+        )
+    return torch.stack(rows)
+
+
+def top_hessian_eigenvalue(
+    params: Params,
+    w: torch.Tensor,
+    train_loss: TrainLoss,
+    iters: int = 20,
+    generator: torch.Generator | None = None,
+) -> float:
+    """Largest-magnitude Hessian eigenvalue of `train_loss` by power iteration on HVPs.
+
+    The Neumann series converges for alpha < 2 / lambda_max (positive curvature); this is how
+    the default alpha is checked against real inner-loop end points.
+    """
+    theta = _fresh(params)
+    grads = torch.autograd.grad(train_loss(theta, w.detach()), theta, create_graph=True)
+    vec = [torch.randn(t.shape, generator=generator).to(t) for t in theta]
+    eig = 0.0
+    for _ in range(iters):
+        norm = _norm(vec)
+        vec = [t / norm for t in vec]
+        hv = hessian_vector_product(grads, theta, vec)
+        eig = float(_dot(vec, hv))
+        vec = [h.detach() for h in hv]
+    return eig

@@ -1,0 +1,85 @@
+"""Checkpoint and resume for meta-training, which runs for hours and gets killed.
+
+One checkpoint file holds everything needed to continue: the run's configuration, the number of
+completed outer steps, w, the outer optimiser's state, the roll-back point and the per-step log
+records. The log file is rewritten from those records on resume, so a kill between writing the
+checkpoint and appending to the log can neither lose nor duplicate a line. Randomness is derived
+from (seed, outer step, domain) rather than carried as generator state, so a resumed run draws
+exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ConfigMismatchError(ValueError):
+    """The output directory holds a run made with different settings."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same directory and rename, so readers (and a resume
+    after a kill) only ever see the old file or the complete new one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    """JSON (indented, newline-terminated) written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save `state` atomically."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The saved state, or None when there is no checkpoint yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise ConfigMismatchError naming every setting that differs from the saved run."""
+    keys = sorted(set(saved) | set(current))
+    diffs = [f"{k}: saved {saved.get(k)!r}, now {current.get(k)!r}" for k in keys
+             if saved.get(k) != current.get(k)]
+    if diffs:
+        raise ConfigMismatchError(
+            "the output directory holds a run with different settings ("
+            + "; ".join(diffs)
+            + "); rerun with the same arguments to resume, or choose a new --output_dir"
+        )
+
+
+def rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
+    """Make the jsonl log hold exactly `records` (used on resume)."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write_bytes(path, text.encode())
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Append one record as a json line."""
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,23 @@
+"""Shared fixtures: real MNIST, prepared once per test session through the project's own chain.
+
+The data lives in `<repo>/data` (git-ignored, the same place `make demo` uses) unless
+$DOMAINBED_TEST_DATA names another directory, so repeated runs reuse verified files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from domainbed.data.mnist import ensure_mnist
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """A data_dir whose MNIST/raw holds the four MD5-verified IDX files."""
+    data_dir = Path(os.environ.get("DOMAINBED_TEST_DATA", REPO_ROOT / "data"))
+    return ensure_mnist(data_dir)

@@ -1,0 +1,438 @@
+"""The sweep: job naming compatible with the public DomainBed, the command line, the launchers,
+and real sweeps that are interrupted, cleaned up and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from domainbed import command_launchers
+from domainbed.lib import reporting
+from domainbed.lib.misc import seed_hash
+from domainbed.scripts import collect_results
+from domainbed.scripts.sweep import Job, all_test_env_combinations, make_args_list
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def args_list(**overrides):
+    kwargs = dict(
+        n_trials=1,
+        dataset_names=["Debug28"],
+        algorithms=["ERM"],
+        n_hparams_from=0,
+        n_hparams=1,
+        steps=None,
+        data_dir="/data",
+        task="domain_generalization",
+        holdout_fraction=0.2,
+        single_test_envs=False,
+        hparams=None,
+    )
+    kwargs.update(overrides)
+    return make_args_list(**kwargs)
+
+
+def sweep_cmd(command, output_dir, *extra, data_dir="/data"):
+    return [
+        sys.executable,
+        "-m",
+        "domainbed.scripts.sweep",
+        command,
+        "--output_dir",
+        str(output_dir),
+        "--data_dir",
+        str(data_dir),
+        *extra,
+    ]
+
+
+def run_sweep(command, output_dir, *extra, stdin="", data_dir="/data"):
+    return subprocess.run(
+        sweep_cmd(command, output_dir, *extra, data_dir=data_dir),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+
+
+DEBUG_FLAGS = [
+    "--datasets",
+    "Debug28",
+    "--algorithms",
+    "ERM",
+    "--n_hparams",
+    "1",
+    "--n_trials",
+    "1",
+]
+
+
+# ------------------------------------------------------------------ job naming
+
+
+def test_job_names_match_the_public_domainbed():
+    """Directory names taken from the public DomainBed's own test sweep (VLCS, ERM, 2 trials,
+    2 hparams, --steps 1001): the same arguments must give the same MD5 names."""
+    jobs = {
+        (a["trial_seed"], a["hparams_seed"], tuple(a["test_envs"])): Job(a, "/s")
+        for a in args_list(
+            n_trials=2,
+            dataset_names=["VLCS"],
+            n_hparams=2,
+            steps=1001,
+            data_dir="/checkpoint/dlp/datasets_new",
+        )
+    }
+    assert len(jobs) == 2 * 2 * (4 + 6)
+    assert jobs[(0, 0, (0,))].output_dir == "/s/66006bc6faa9f96db95a5bcfc3e4340a"
+    assert jobs[(1, 1, (1, 3))].output_dir == "/s/86394db2b6c2ecd1e3b08e99e14759f2"
+    assert jobs[(0, 1, (2, 3))].output_dir == "/s/41b0ac2ee570d8ace449c34ada3fdd01"
+    assert jobs[(1, 1, (1, 3))].train_args["seed"] == 664692933
+
+
+def test_args_list_enumeration():
+    assert list(all_test_env_combinations(3)) == [[0], [0, 1], [0, 2], [1], [1, 2], [2]]
+    with pytest.raises(ValueError):
+        list(all_test_env_combinations(2))
+    full = args_list(n_trials=2, n_hparams=3, steps=123)
+    assert len(full) == 2 * 3 * (3 + 3)
+    single = args_list(n_hparams_from=1, n_hparams=3, single_test_envs=True, hparams='{"lr": 1}')
+    assert [a["test_envs"] for a in single] == [[0], [0], [1], [1], [2], [2]]
+    assert {a["hparams_seed"] for a in single} == {1, 2}
+    assert all(a["hparams"] == '{"lr": 1}' and "steps" not in a for a in single)
+    first = single[0]
+    assert first["seed"] == seed_hash("Debug28", "ERM", [0], 1, 0)
+
+
+def test_job_command_and_states(tmp_path):
+    job = Job({"dataset": "Debug28", "test_envs": [0, 2], "hparams": '{"lr": 0.1}'}, str(tmp_path))
+    assert job.state == Job.NOT_LAUNCHED
+    assert job.command_str.endswith(
+        f"-m domainbed.scripts.train --dataset Debug28 --hparams '{{\"lr\": 0.1}}' "
+        f"--output_dir {job.output_dir} --test_envs 0 2"
+    )
+    Job.launch([job], lambda commands: None)
+    assert (
+        Job(
+            {"dataset": "Debug28", "test_envs": [0, 2], "hparams": '{"lr": 0.1}'}, str(tmp_path)
+        ).state
+        == Job.INCOMPLETE
+    )
+    Path(job.output_dir, "done").write_text("done")
+    assert (
+        Job(dict(dataset="Debug28", test_envs=[0, 2], hparams='{"lr": 0.1}'), str(tmp_path)).state
+        == Job.DONE
+    )
+    Job.delete([job])
+    assert not os.path.exists(job.output_dir)
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ command line
+
+
+def test_launch_prints_jobs_and_asks(tmp_path):
+    out = tmp_path / "sweep"
+    refused = run_sweep("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="n\n")
+    assert refused.returncode == 0
+    lines = refused.stdout.splitlines()
+    job_lines = [line for line in lines if line.startswith("Not launched: ")]
+    assert len(job_lines) == 6
+    assert any(
+        "(Debug28, ERM, test_envs=[1, 2], hparams_seed=0, trial_seed=0)" in line
+        for line in job_lines
+    )
+    assert "6 jobs: 0 done, 0 incomplete, 6 not launched." in lines
+    assert "About to launch 6 jobs." in lines
+    assert "Are you sure? (y/n) Nevermind!" in refused.stdout
+    assert "Dummy launcher:" not in refused.stdout
+    assert not out.exists()
+
+    accepted = run_sweep("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="y\n")
+    assert accepted.returncode == 0
+    assert accepted.stdout.count("Dummy launcher: ") == 6
+    assert len(os.listdir(out)) == 6
+
+
+def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path):
+    out = tmp_path / "sweep"
+    flags = [*DEBUG_FLAGS, "--command_launcher", "dummy", "--skip_confirmation"]
+    assert run_sweep("launch", out, *flags).stdout.count("Dummy launcher: ") == 6
+    again = run_sweep("launch", out, *flags)
+    assert again.stdout.count("Dummy launcher: ") == 0
+    assert "6 incomplete jobs are left alone" in again.stdout
+
+    done_dir = sorted(out.iterdir())[0]
+    (done_dir / "done").write_text("done")
+    deleted = run_sweep("delete_incomplete", out, *flags)
+    assert "About to delete 5 jobs." in deleted.stdout
+    assert [p.name for p in out.iterdir()] == [done_dir.name]
+    relaunched = run_sweep("launch", out, *flags)
+    assert relaunched.stdout.count("Dummy launcher: ") == 5
+    assert done_dir.name not in relaunched.stdout.split("About to launch")[1]
+
+    assert "About to delete 6 jobs." in run_sweep("delete_all", out, *flags).stdout
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--algorithms", "ERM", "NoSuchAlgo"], "sweep: unknown algorithm 'NoSuchAlgo' (known: "),
+        (["--datasets", "NoSuchData"], "sweep: unknown dataset 'NoSuchData' (known: "),
+        (["--command_launcher", "nowhere"], "sweep: unknown command launcher 'nowhere' "),
+        (["--hparams", "{lr: 1}"], "sweep: --hparams is not valid JSON"),
+        (["--n_hparams", "0"], "sweep: need --n_trials >= 1"),
+        (["--max_parallel", "2"], "sweep: the 'dummy' launcher does not take --max_parallel"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_starts(tmp_path, flags, message):
+    out = tmp_path / "sweep"
+    base = ["--datasets", "Debug28", "--algorithms", "ERM", "--command_launcher", "dummy"]
+    result = run_sweep("launch", out, *base, *flags, "--skip_confirmation")
+    assert result.returncode == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Dummy launcher" not in result.stdout
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ launchers
+
+
+def test_registry_is_extensible():
+    assert {"dummy", "local", "multi_gpu"} <= set(command_launchers.REGISTRY)
+    seen = []
+
+    @command_launchers.register_launcher("test_recording")
+    def recording(commands):
+        seen.extend(commands)
+
+    try:
+        command_launchers.REGISTRY["test_recording"](["a", "b"])
+        assert seen == ["a", "b"]
+        with pytest.raises(ValueError):
+            command_launchers.register_launcher("test_recording")(lambda commands: None)
+    finally:
+        del command_launchers.REGISTRY["test_recording"]
+
+
+def test_local_launcher_runs_jobs_concurrently(tmp_path):
+    """Each job waits (up to 20 s) for the other's marker: they can only both succeed if they
+    run at the same time."""
+
+    def job(me, other):
+        return (
+            f"touch {tmp_path}/{me}; for i in $(seq 200); do "
+            f"[ -e {tmp_path}/{other} ] && exit 0; sleep 0.1; done; exit 1"
+        )
+
+    failed = command_launchers.local_launcher([job("a", "b"), job("b", "a")], max_parallel=2)
+    assert failed == []
+
+
+def test_local_launcher_serial_order_and_failure_summary(tmp_path, capsys):
+    log = tmp_path / "log"
+    commands = [f"echo start {i} >> {log}; echo end {i} >> {log}" for i in range(3)]
+    commands.append("echo something broke >&2; exit 3")
+    failed = command_launchers.local_launcher(commands)
+    assert failed == [commands[-1]]
+    lines = log.read_text().split()
+    assert len(lines) == 12
+    # One job at a time: every start is directly followed by its own end.
+    pairs = [tuple(log.read_text().splitlines()[k : k + 2]) for k in range(0, 6, 2)]
+    assert all(a.split()[1] == b.split()[1] and a.startswith("start") for a, b in pairs)
+    out = capsys.readouterr().out
+    assert "1 of 4 jobs failed:" in out
+    assert "exit status 3: echo something broke" in out
+    assert "| something broke" in out
+    with pytest.raises(ValueError):
+        command_launchers.local_launcher(["true"], max_parallel=0)
+
+
+# ------------------------------------------------------------------ real sweeps
+
+
+def _wait_for_done(root: Path, count: int, proc: subprocess.Popen, timeout_s: float = 240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(list(root.glob("*/done"))) >= count:
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    pytest.fail("no progress: the jobs did not finish in time")
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _states(root: Path) -> tuple[set[str], set[str]]:
+    dirs = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    done = {p.parent.name for p in root.glob("*/done")}
+    return done, dirs - done
+
+
+def _fingerprint(root: Path, names) -> dict[str, tuple]:
+    return {
+        name: tuple((root / name / f).stat().st_mtime_ns for f in ("done", "results.jsonl"))
+        for name in names
+    }
+
+
+def test_real_sweep_interrupted_twice_then_completed(tmp_path):
+    """Debug28, ERM and IRM, 2 hparams, 1 trial (24 jobs, 2 at a time): stop it with Ctrl-C,
+    clean up and resume, kill it outright, clean up and resume; every job must end up run
+    exactly once and collect_results must fill every cell."""
+    root = tmp_path / "sweep"
+    flags = [
+        "--datasets",
+        "Debug28",
+        "--algorithms",
+        "ERM",
+        "IRM",
+        "--n_hparams",
+        "2",
+        "--n_trials",
+        "1",
+        "--steps",
+        "3",
+        "--command_launcher",
+        "local",
+        "--max_parallel",
+        "2",
+        "--skip_confirmation",
+    ]
+
+    def start():
+        return subprocess.Popen(
+            sweep_cmd("launch", root, *flags),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO_ROOT,
+            start_new_session=True,
+        )
+
+    # 1. Ctrl-C on the sweep process alone: it must stop its own jobs and say what to do.
+    proc = start()
+    _wait_for_done(root, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "delete_incomplete" in output
+    assert not _group_alive(proc.pid)
+    done, incomplete = _states(root)
+    assert len(done) >= 2 and len(done) + len(incomplete) == 24
+
+    cleaned = run_sweep("delete_incomplete", root, *flags)
+    assert f"About to delete {len(incomplete)} jobs." in cleaned.stdout
+    assert _states(root) == (done, set())
+
+    # 2. SIGKILL of the whole process group, as when a machine goes away.
+    proc = start()
+    _wait_for_done(root, len(done) + 2, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    while _group_alive(proc.pid):
+        time.sleep(0.1)
+    run_sweep("delete_incomplete", root, *flags)
+    done, incomplete = _states(root)
+    assert incomplete == set() and 4 <= len(done) < 24
+    before = _fingerprint(root, done)
+
+    # 3. Resume: only the missing jobs run.
+    final = run_sweep("launch", root, *flags)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert f"About to launch {24 - len(done)} jobs." in final.stdout
+    assert f"All {24 - len(done)} jobs exited successfully." in final.stdout
+    all_done, incomplete = _states(root)
+    assert len(all_done) == 24 and incomplete == set()
+    assert _fingerprint(root, done) == before
+
+    # The directories are the sweep's own job names, and each holds one run of its job.
+    expected = {
+        Path(Job(a, str(root)).output_dir).name: a
+        for a in make_args_list(
+            n_trials=1,
+            dataset_names=["Debug28"],
+            algorithms=["ERM", "IRM"],
+            n_hparams_from=0,
+            n_hparams=2,
+            steps=3,
+            data_dir="/data",
+            task="domain_generalization",
+            holdout_fraction=0.2,
+            single_test_envs=False,
+            hparams=None,
+        )
+    }
+    assert all_done == set(expected)
+    for name, train_args in expected.items():
+        records = reporting.read_results_file(str(root / name / "results.jsonl"))
+        steps = [r["step"] for r in records]
+        assert steps == sorted(set(steps)) and steps[-1] == 2, (name, steps)
+        for key in ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "seed"):
+            assert records[0]["args"][key] == train_args[key]
+
+    report = collect_results.render_report(reporting.load_records(str(root)))
+    assert f"Total records: {sum(1 for _ in root.glob('*/results.jsonl')) * 2}" in report
+    for line in report.splitlines():
+        if line.startswith(("ERM ", "IRM ")):
+            assert " X " not in f" {line} ", line
+    again = run_sweep("launch", root, *flags)
+    assert "24 jobs: 24 done, 0 incomplete, 0 not launched." in again.stdout
+    assert "About to launch 0 jobs." in again.stdout
+
+
+@pytest.mark.slow
+def test_real_rotated_mnist_sweep(tmp_path, mnist_dir):
+    """RotatedMNIST from real MNIST, ERM and IRM, 2 hparams, 1 trial, one test env per job, one
+    training step: the tables come out complete for the two single-env selection methods."""
+    root = tmp_path / "sweep"
+    result = run_sweep(
+        "launch",
+        root,
+        "--datasets",
+        "RotatedMNIST",
+        "--algorithms",
+        "ERM",
+        "IRM",
+        "--n_hparams",
+        "2",
+        "--n_trials",
+        "1",
+        "--steps",
+        "1",
+        "--single_test_envs",
+        "--command_launcher",
+        "local",
+        "--max_parallel",
+        "2",
+        "--skip_confirmation",
+        data_dir=mnist_dir,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert len(list(root.glob("*/done"))) == 2 * 2 * 6
+    records = reporting.load_records(str(root))
+    assert len(records) == 24
+    accs = [r[f"env{e}_in_acc"] for r in records for e in range(6)]
+    assert all(0.0 <= a <= 1.0 for a in accs)
+    report = collect_results.render_report(records)
+    iid = report.split("training-domain validation set")[1]
+    assert "ERM" in iid and " X " not in iid.split("-------- Averages")[0]
+    assert json.loads(json.dumps(records[0]["args"]))["dataset"] == "RotatedMNIST"
