@@ -13,11 +13,14 @@ the jobs that were running.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -31,6 +34,7 @@ _CHECKS: dict[str, Callable[[], None]] = {}
 _POLL_S = 0.2
 _GRACE_S = 10.0
 _STDERR_TAIL_LINES = 5
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def register_launcher(
@@ -87,19 +91,64 @@ def _tail(handle: IO[bytes]) -> list[str]:
     return lines[-_STDERR_TAIL_LINES:]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _stop(running: list[_Running]) -> None:
-    """Terminate the jobs still running, then kill those that outlive the grace period."""
-    for job in running:
-        if job.process.poll() is None:
-            job.process.terminate()
+    """Terminate every process of the jobs still running, killing what outlives a grace period.
+
+    Each job is its own process group (the shell and the training process under it), so the
+    signal reaches the training process and not just the shell that started it.
+    """
+    groups = [job.process.pid for job in running]
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + _GRACE_S
+    while any(_group_alive(pgid) for pgid in groups) and time.monotonic() < deadline:
+        for job in running:
+            job.process.poll()  # reap the shell so that its group can empty
+        time.sleep(_POLL_S / 2)
+    for pgid in groups:
+        _signal_group(pgid, signal.SIGKILL)
     for job in running:
-        try:
-            job.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            job.process.kill()
-            job.process.wait()
+        job.process.wait()
         job.stderr.close()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP to the launcher: stop the jobs exactly as on Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _stop_on_termination() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `_Terminated` while jobs run (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise _Terminated(signal.Signals(signum).name)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _report(failures: list[_Failure], total: int) -> None:
@@ -118,39 +167,44 @@ def run_pool(commands: Sequence[str], slot_envs: Sequence[dict[str, str]]) -> li
 
     Slot i runs its jobs with `slot_envs[i]` added to the environment (a GPU id, say). A job's
     stdout is dropped (the training script keeps its own log) and its stderr is kept to show
-    the end of it if the job fails. On Ctrl-C the running jobs are stopped before re-raising.
+    the end of it if the job fails. On Ctrl-C, SIGTERM or SIGHUP the running jobs are stopped
+    before KeyboardInterrupt propagates.
     """
-    pending = list(commands)
-    pending.reverse()
+    pending = list(reversed(commands))
     running: list[_Running] = []
     failures: list[_Failure] = []
     free_slots = list(range(len(slot_envs)))
     progress = tqdm.tqdm(total=len(commands), desc="jobs", unit="job", ncols=80)
+
+    def start(command: str, slot: int) -> None:
+        stderr = tempfile.TemporaryFile()
+        process = subprocess.Popen(
+            command,
+            shell=True,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, **slot_envs[slot]},
+            process_group=0,
+        )
+        running.append(_Running(command, process, stderr, slot))
+
+    def reap(job: _Running) -> None:
+        running.remove(job)
+        free_slots.append(job.slot)
+        if job.process.returncode != 0:
+            failures.append(_Failure(job.command, job.process.returncode, _tail(job.stderr)))
+            progress.set_postfix(failed=len(failures))
+        job.stderr.close()
+        progress.update(1)
+
     try:
-        while pending or running:
-            while pending and free_slots:
-                slot = free_slots.pop(0)
-                command = pending.pop()
-                stderr = tempfile.TemporaryFile()
-                process = subprocess.Popen(
-                    command,
-                    shell=True,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    env={**os.environ, **slot_envs[slot]},
-                )
-                running.append(_Running(command, process, stderr, slot))
-            time.sleep(_POLL_S)
-            for job in [job for job in running if job.process.poll() is not None]:
-                running.remove(job)
-                free_slots.append(job.slot)
-                if job.process.returncode != 0:
-                    failures.append(
-                        _Failure(job.command, job.process.returncode, _tail(job.stderr))
-                    )
-                    progress.set_postfix(failed=len(failures))
-                job.stderr.close()
-                progress.update(1)
+        with _stop_on_termination():
+            while pending or running:
+                while pending and free_slots:
+                    start(pending.pop(), free_slots.pop(0))
+                time.sleep(_POLL_S)
+                for job in [job for job in running if job.process.poll() is not None]:
+                    reap(job)
     except BaseException:
         _stop(running)
         raise

@@ -2,4 +2,5 @@
 
 
 def register() -> None:
-    """Import the modules whose decorators register ITL's algorithms and hyperparameters."""
+    """Import the module whose import registers ITL's algorithms and hyperparameters."""
+    import domainbed_itl.algorithms.engine  # noqa: F401

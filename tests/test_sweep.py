@@ -3,7 +3,7 @@ and real sweeps that are interrupted, cleaned up and resumed."""
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import signal
 import subprocess
@@ -16,7 +16,7 @@ import pytest
 from domainbed import command_launchers
 from domainbed.lib import reporting
 from domainbed.lib.misc import seed_hash
-from domainbed.scripts import collect_results
+from domainbed.scripts import collect_results, sweep
 from domainbed.scripts.sweep import Job, all_test_env_combinations, make_args_list
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,21 @@ def sweep_cmd(command, output_dir, *extra, data_dir="/data"):
     ]
 
 
+@pytest.fixture()
+def sweep_main(capsys, monkeypatch):
+    """Run the sweep command line in this process (no interpreter start-up per call)."""
+
+    def call(command, output_dir, *extra, stdin=""):
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        returncode = sweep.main(sweep_cmd(command, output_dir, *extra)[3:])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess([], returncode, captured.out, captured.err)
+
+    return call
+
+
 def run_sweep(command, output_dir, *extra, stdin="", data_dir="/data"):
+    """Run the sweep command line as users do, in a new interpreter."""
     return subprocess.run(
         sweep_cmd(command, output_dir, *extra, data_dir=data_dir),
         input=stdin,
@@ -140,9 +154,9 @@ def test_job_command_and_states(tmp_path):
 # ------------------------------------------------------------------ command line
 
 
-def test_launch_prints_jobs_and_asks(tmp_path):
+def test_launch_prints_jobs_and_asks(tmp_path, sweep_main):
     out = tmp_path / "sweep"
-    refused = run_sweep("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="n\n")
+    refused = sweep_main("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="n\n")
     assert refused.returncode == 0
     lines = refused.stdout.splitlines()
     job_lines = [line for line in lines if line.startswith("Not launched: ")]
@@ -157,30 +171,31 @@ def test_launch_prints_jobs_and_asks(tmp_path):
     assert "Dummy launcher:" not in refused.stdout
     assert not out.exists()
 
-    accepted = run_sweep("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="y\n")
+    accepted = sweep_main("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="y\n")
     assert accepted.returncode == 0
     assert accepted.stdout.count("Dummy launcher: ") == 6
     assert len(os.listdir(out)) == 6
 
 
-def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path):
+def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main):
     out = tmp_path / "sweep"
     flags = [*DEBUG_FLAGS, "--command_launcher", "dummy", "--skip_confirmation"]
-    assert run_sweep("launch", out, *flags).stdout.count("Dummy launcher: ") == 6
-    again = run_sweep("launch", out, *flags)
+    first = run_sweep("launch", out, *flags)
+    assert first.returncode == 0 and first.stdout.count("Dummy launcher: ") == 6
+    again = sweep_main("launch", out, *flags)
     assert again.stdout.count("Dummy launcher: ") == 0
     assert "6 incomplete jobs are left alone" in again.stdout
 
     done_dir = sorted(out.iterdir())[0]
     (done_dir / "done").write_text("done")
-    deleted = run_sweep("delete_incomplete", out, *flags)
+    deleted = sweep_main("delete_incomplete", out, *flags)
     assert "About to delete 5 jobs." in deleted.stdout
     assert [p.name for p in out.iterdir()] == [done_dir.name]
-    relaunched = run_sweep("launch", out, *flags)
+    relaunched = sweep_main("launch", out, *flags)
     assert relaunched.stdout.count("Dummy launcher: ") == 5
     assert done_dir.name not in relaunched.stdout.split("About to launch")[1]
 
-    assert "About to delete 6 jobs." in run_sweep("delete_all", out, *flags).stdout
+    assert "About to delete 6 jobs." in sweep_main("delete_all", out, *flags).stdout
     assert list(out.iterdir()) == []
 
 
@@ -195,15 +210,32 @@ def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path):
         (["--max_parallel", "2"], "sweep: the 'dummy' launcher does not take --max_parallel"),
     ],
 )
-def test_bad_input_is_refused_before_anything_starts(tmp_path, flags, message):
+def test_bad_input_is_refused_before_anything_starts(tmp_path, sweep_main, flags, message):
     out = tmp_path / "sweep"
     base = ["--datasets", "Debug28", "--algorithms", "ERM", "--command_launcher", "dummy"]
-    result = run_sweep("launch", out, *base, *flags, "--skip_confirmation")
+    result = sweep_main("launch", out, *base, *flags, "--skip_confirmation")
     assert result.returncode == 2
     assert result.stderr.startswith(message)
     assert len(result.stderr.strip().splitlines()) == 1
     assert "Dummy launcher" not in result.stdout
     assert not out.exists()
+
+
+def test_bad_name_exit_status_from_the_shell(tmp_path):
+    result = run_sweep(
+        "launch",
+        tmp_path / "s",
+        "--datasets",
+        "Debug28",
+        "--algorithms",
+        "Nope",
+        "--command_launcher",
+        "local",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sweep: unknown algorithm 'Nope'")
+    assert not (tmp_path / "s").exists()
 
 
 # ------------------------------------------------------------------ launchers
@@ -259,10 +291,21 @@ def test_local_launcher_serial_order_and_failure_summary(tmp_path, capsys):
         command_launchers.local_launcher(["true"], max_parallel=0)
 
 
+def test_multi_gpu_launcher_gives_each_job_one_gpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,")
+    commands = [f"echo $CUDA_VISIBLE_DEVICES > {tmp_path}/job{i}" for i in range(4)]
+    assert command_launchers.multi_gpu_launcher(commands) == []
+    seen = [(tmp_path / f"job{i}").read_text().strip() for i in range(4)]
+    assert set(seen) <= {"3", "5"} and len(seen) == 4
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match="found no GPU"):
+        command_launchers.check_launcher("multi_gpu")
+
+
 # ------------------------------------------------------------------ real sweeps
 
 
-def _wait_for_done(root: Path, count: int, proc: subprocess.Popen, timeout_s: float = 240):
+def _wait_for_done(root: Path, count: int, proc: subprocess.Popen, timeout_s: float = 600):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if len(list(root.glob("*/done"))) >= count:
@@ -273,12 +316,29 @@ def _wait_for_done(root: Path, count: int, proc: subprocess.Popen, timeout_s: fl
     pytest.fail("no progress: the jobs did not finish in time")
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _session_processes(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session `sid`: the sweep started with a new session and
+    everything it runs, whatever process group a job put itself in."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of the session at once, as when the machine goes away."""
+    while members := _session_processes(sid):
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
 
 
 def _states(root: Path) -> tuple[set[str], set[str]]:
@@ -294,29 +354,61 @@ def _fingerprint(root: Path, names) -> dict[str, tuple]:
     }
 
 
-def test_real_sweep_interrupted_twice_then_completed(tmp_path):
-    """Debug28, ERM and IRM, 2 hparams, 1 trial (24 jobs, 2 at a time): stop it with Ctrl-C,
-    clean up and resume, kill it outright, clean up and resume; every job must end up run
-    exactly once and collect_results must fill every cell."""
-    root = tmp_path / "sweep"
-    flags = [
-        "--datasets",
-        "Debug28",
-        "--algorithms",
-        "ERM",
-        "IRM",
-        "--n_hparams",
-        "2",
-        "--n_trials",
-        "1",
-        "--steps",
-        "3",
-        "--command_launcher",
-        "local",
-        "--max_parallel",
-        "2",
-        "--skip_confirmation",
+def _expected_jobs(root: Path, dataset: str, algorithms, n_hparams, steps, single, data_dir):
+    """Job directory name -> training arguments, for the sweep the test launched."""
+    args = make_args_list(
+        n_trials=1,
+        dataset_names=[dataset],
+        algorithms=algorithms,
+        n_hparams_from=0,
+        n_hparams=n_hparams,
+        steps=steps,
+        data_dir=str(data_dir),
+        task="domain_generalization",
+        holdout_fraction=0.2,
+        single_test_envs=single,
+        hparams=None,
+    )
+    return {Path(Job(a, str(root)).output_dir).name: a for a in args}
+
+
+def _check_each_job_ran_once(root: Path, expected: dict, last_step: int) -> None:
+    """Every job is done, in the directory named after its arguments, with one run's records."""
+    assert _states(root) == (set(expected), set())
+    for name, train_args in expected.items():
+        records = reporting.read_results_file(str(root / name / "results.jsonl"))
+        steps = [r["step"] for r in records]
+        assert steps == sorted(set(steps)) and steps[-1] == last_step, (name, steps)
+        for key in ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "seed"):
+            assert records[0]["args"][key] == train_args[key]
+
+
+def _rows(report: str, method_name: str) -> list[str]:
+    """The algorithm rows of every table of one selection method in a plain-text report."""
+    sections = report.split("-------- ")
+    return [
+        line
+        for section in sections
+        if f"model selection method: {method_name}" in section
+        for line in section.splitlines()[2:]
+        if line.strip()
     ]
+
+
+DEBUG_SWEEP = (
+    "--datasets Debug28 --algorithms ERM IRM --n_hparams 2 --n_trials 1 --steps 3 "
+    "--command_launcher local --max_parallel 2 --skip_confirmation"
+).split()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_real_sweep_interrupted_twice_then_completed(tmp_path):
+    """Debug28, ERM and IRM, 2 hparams, 1 trial, one test env per job (12 jobs, 2 at a time):
+    stop it with Ctrl-C, clean up and resume; kill it outright, clean up and resume. Every job
+    must end up run exactly once, and the finished jobs must not be touched again."""
+    root = tmp_path / "sweep"
+    flags = [*DEBUG_SWEEP, "--single_test_envs"]
+    n_jobs = 12
 
     def start():
         return subprocess.Popen(
@@ -328,111 +420,98 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path):
             start_new_session=True,
         )
 
-    # 1. Ctrl-C on the sweep process alone: it must stop its own jobs and say what to do.
+    # 1. Ctrl-C to the sweep process alone: it stops its own jobs and says what to do next.
     proc = start()
-    _wait_for_done(root, 2, proc)
+    _wait_for_done(root, 1, proc)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, output
-    assert "delete_incomplete" in output
-    assert not _group_alive(proc.pid)
+    assert "`delete_incomplete` then `launch`" in output
+    assert _session_processes(proc.pid) == []
     done, incomplete = _states(root)
-    assert len(done) >= 2 and len(done) + len(incomplete) == 24
+    assert len(done) >= 1 and len(done) + len(incomplete) == n_jobs
 
     cleaned = run_sweep("delete_incomplete", root, *flags)
     assert f"About to delete {len(incomplete)} jobs." in cleaned.stdout
     assert _states(root) == (done, set())
 
-    # 2. SIGKILL of the whole process group, as when a machine goes away.
+    # 2. SIGKILL to the sweep and all its jobs at once, as when the machine goes away.
     proc = start()
-    _wait_for_done(root, len(done) + 2, proc)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _wait_for_done(root, len(done) + 1, proc)
+    _kill_session(proc.pid)
     proc.wait(timeout=30)
-    while _group_alive(proc.pid):
-        time.sleep(0.1)
     run_sweep("delete_incomplete", root, *flags)
     done, incomplete = _states(root)
-    assert incomplete == set() and 4 <= len(done) < 24
+    assert incomplete == set() and 2 <= len(done) < n_jobs
     before = _fingerprint(root, done)
 
-    # 3. Resume: only the missing jobs run.
+    # 3. Resume: only the missing jobs run; the finished ones are left as they were.
     final = run_sweep("launch", root, *flags)
     assert final.returncode == 0, final.stdout + final.stderr
-    assert f"About to launch {24 - len(done)} jobs." in final.stdout
-    assert f"All {24 - len(done)} jobs exited successfully." in final.stdout
-    all_done, incomplete = _states(root)
-    assert len(all_done) == 24 and incomplete == set()
+    assert f"About to launch {n_jobs - len(done)} jobs." in final.stdout
+    assert f"All {n_jobs - len(done)} jobs exited successfully." in final.stdout
     assert _fingerprint(root, done) == before
+    expected = _expected_jobs(root, "Debug28", ["ERM", "IRM"], 2, 3, True, "/data")
+    _check_each_job_ran_once(root, expected, last_step=2)
 
-    # The directories are the sweep's own job names, and each holds one run of its job.
-    expected = {
-        Path(Job(a, str(root)).output_dir).name: a
-        for a in make_args_list(
-            n_trials=1,
-            dataset_names=["Debug28"],
-            algorithms=["ERM", "IRM"],
-            n_hparams_from=0,
-            n_hparams=2,
-            steps=3,
-            data_dir="/data",
-            task="domain_generalization",
-            holdout_fraction=0.2,
-            single_test_envs=False,
-            hparams=None,
-        )
-    }
-    assert all_done == set(expected)
-    for name, train_args in expected.items():
-        records = reporting.read_results_file(str(root / name / "results.jsonl"))
-        steps = [r["step"] for r in records]
-        assert steps == sorted(set(steps)) and steps[-1] == 2, (name, steps)
-        for key in ("dataset", "algorithm", "test_envs", "hparams_seed", "trial_seed", "seed"):
-            assert records[0]["args"][key] == train_args[key]
-
-    report = collect_results.render_report(reporting.load_records(str(root)))
-    assert f"Total records: {sum(1 for _ in root.glob('*/results.jsonl')) * 2}" in report
-    for line in report.splitlines():
-        if line.startswith(("ERM ", "IRM ")):
-            assert " X " not in f" {line} ", line
     again = run_sweep("launch", root, *flags)
-    assert "24 jobs: 24 done, 0 incomplete, 0 not launched." in again.stdout
+    assert f"{n_jobs} jobs: {n_jobs} done, 0 incomplete, 0 not launched." in again.stdout
     assert "About to launch 0 jobs." in again.stdout
+
+    # Single-test-env selection fills every cell; leave-one-out has no pair runs to use.
+    report = collect_results.render_report(reporting.load_records(str(root)))
+    for method in ("training-domain validation set", "test-domain validation set (oracle)"):
+        rows = _rows(report, method)
+        assert len(rows) == 4 and not any(" X " in f" {row} " for row in rows), rows
+    loo_rows = _rows(report, "leave-one-domain-out cross-validation")
+    assert len(loo_rows) == 4 and all(
+        row.split()[1:] == ["X"] * (len(row.split()) - 1) for row in loo_rows
+    )
+
+
+@pytest.mark.slow
+def test_real_full_sweep_fills_every_selection_method(tmp_path):
+    """The same sweep with every pair of test envs (24 jobs): leave-one-out now has its
+    validation runs, so all three methods fill every cell."""
+    root = tmp_path / "sweep"
+    result = run_sweep("launch", root, *DEBUG_SWEEP)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    expected = _expected_jobs(root, "Debug28", ["ERM", "IRM"], 2, 3, False, "/data")
+    assert len(expected) == 24
+    _check_each_job_ran_once(root, expected, last_step=2)
+    report = collect_results.render_report(reporting.load_records(str(root)))
+    for method in (
+        "training-domain validation set",
+        "leave-one-domain-out cross-validation",
+        "test-domain validation set (oracle)",
+    ):
+        rows = _rows(report, method)
+        assert len(rows) == 4 and not any(" X " in f" {row} " for row in rows), rows
 
 
 @pytest.mark.slow
 def test_real_rotated_mnist_sweep(tmp_path, mnist_dir):
-    """RotatedMNIST from real MNIST, ERM and IRM, 2 hparams, 1 trial, one test env per job, one
-    training step: the tables come out complete for the two single-env selection methods."""
+    """RotatedMNIST built from real MNIST, ERM and IRM with default hyperparameters, one test
+    env per job, one training step (12 jobs; each evaluates all 70,000 images, minutes on CPU)."""
     root = tmp_path / "sweep"
-    result = run_sweep(
-        "launch",
-        root,
-        "--datasets",
-        "RotatedMNIST",
-        "--algorithms",
-        "ERM",
-        "IRM",
-        "--n_hparams",
-        "2",
-        "--n_trials",
-        "1",
-        "--steps",
-        "1",
-        "--single_test_envs",
-        "--command_launcher",
-        "local",
-        "--max_parallel",
-        "2",
-        "--skip_confirmation",
-        data_dir=mnist_dir,
-    )
+    flags = (
+        "--datasets RotatedMNIST --algorithms ERM IRM --n_hparams 1 --n_trials 1 --steps 1 "
+        "--single_test_envs --command_launcher local --max_parallel 2 "
+        "--skip_confirmation"
+    ).split()
+    result = run_sweep("launch", root, *flags, data_dir=mnist_dir)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert len(list(root.glob("*/done"))) == 2 * 2 * 6
+    expected = _expected_jobs(root, "RotatedMNIST", ["ERM", "IRM"], 1, 1, True, mnist_dir)
+    _check_each_job_ran_once(root, expected, last_step=0)
     records = reporting.load_records(str(root))
-    assert len(records) == 24
-    accs = [r[f"env{e}_in_acc"] for r in records for e in range(6)]
-    assert all(0.0 <= a <= 1.0 for a in accs)
+    assert len(records) == 12
+    assert all(
+        0.0 <= r[f"env{e}_{split}_acc"] <= 1.0
+        for r in records
+        for e in range(6)
+        for split in ("in", "out")
+    )
     report = collect_results.render_report(records)
-    iid = report.split("training-domain validation set")[1]
-    assert "ERM" in iid and " X " not in iid.split("-------- Averages")[0]
-    assert json.loads(json.dumps(records[0]["args"]))["dataset"] == "RotatedMNIST"
+    rows = _rows(report, "training-domain validation set")
+    assert [row.split()[0] for row in rows] == ["ERM", "IRM", "ERM", "IRM"]
+    assert not any(" X " in f" {row} " for row in rows)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from domainbed import datasets, model_selection
-from domainbed.lib import reporting
+from domainbed.lib import atomic, reporting
 from domainbed.lib.query import Q
 
 FORMATS = ("text", "latex", "markdown")
@@ -205,21 +204,6 @@ def render_report(records: Q, fmt: str = "text") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temp_path = tempfile.mkstemp(dir=directory, prefix=".results-", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp_path, path)
-    except BaseException:
-        if os.path.exists(temp_path):
-            os.remove(temp_path)
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Print the results tables of a sweep")
     parser.add_argument("--input_dir", type=str, required=True)
@@ -241,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     out_path = os.path.join(args.input_dir, f"results.{_SUFFIX[fmt]}")
     try:
-        _write_atomically(out_path, report)
+        atomic.write_text(out_path, report)
     except OSError as err:
         print(f"collect_results: could not save {out_path}: {err}", file=sys.stderr)
     return 0

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from domainbed_itl.losses.baselines import symmetric_ce
 from domainbed_itl.losses.taylor import ITL_OMEGA, n_taylor_params, taylor_loss
 
 TAYLOR_ORDERS = (2, 3, 4, 5)
@@ -98,7 +99,7 @@ class TaylorFamily:
             return 0.1 * torch.randn(self.n_params, generator=generator)
         if name == "ce_like":
             return self.fit_cross_entropy(num_classes, generator)
-        raise ValueError(f"unknown --init {name!r}; choose {', '.join(INIT_PRESETS)} or a JSON file")
+        raise ValueError(f"unknown --init {name!r}; choose {', '.join(INIT_PRESETS)} or a file")
 
     def fit_cross_entropy(
         self, num_classes: int, generator: torch.Generator, n: int = 4096
@@ -124,14 +125,10 @@ class TaylorFamily:
         return torch.cat([torch.zeros(2, dtype=torch.float64), coef]).float()
 
 
-# Wang et al. (2019) clip log(0) to A = -4 in the reverse cross-entropy.
-RCE_LOG_ZERO = -4.0
-
-
 @dataclass(frozen=True)
 class ISCEFamily:
-    """iSCE: w = (alpha, beta) in alpha * CE(q, p) + beta * RCE(p, q), RCE's log 0 set to -4,
-    which makes RCE = 4 * (1 - p_true)."""
+    """iSCE: w = (alpha, beta) in alpha * CE + beta * RCE, with RCE's log 0 set to -4
+    (domainbed_itl.losses.symmetric_ce), so RCE = 4 * (1 - p_true)."""
 
     name: str = "isce"
 
@@ -140,10 +137,7 @@ class ISCEFamily:
         return 2
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits, targets)
-        p_true = torch.softmax(logits, 1).gather(1, targets[:, None]).squeeze(1)
-        rce = (-RCE_LOG_ZERO * (1.0 - p_true)).mean()
-        return w[0] * ce + w[1] * rce
+        return symmetric_ce(logits, targets, w[0], w[1]).mean()
 
     def spec(self) -> dict[str, Any]:
         return {"family": self.name}

@@ -29,7 +29,7 @@ class MetaConfig:
     them: SGD lr 0.01, batch 32, J = 15; the others are ours, see the README)."""
 
     hidden: tuple[int, ...] = (1024, 256)
-    inner_steps: int = 1000
+    inner_steps: int = 2000
     inner_lr: float = 0.01
     inner_batch: int = 32
     neumann_terms: int = 15

@@ -1,0 +1,198 @@
+"""Time `train --dataset RotatedMNIST --algorithm ERM --test_envs 0`, ours and the public one's.
+
+Each engine's real command line runs in a subprocess, under a thin wrapper that times the two
+calls every DomainBed train script makes through module attributes: the dataset constructor and
+`misc.accuracy` (one call per evaluated split). Seconds per step come from the `step_time`
+the run itself writes to results.jsonl (data loading included). Nothing in either engine is
+changed.
+
+    python benchmarks/train_rotatedmnist.py --data_dir data
+    python benchmarks/train_rotatedmnist.py --data_dir data --upstream /tmp/upstream_domainbed \\
+        --upstream_steps 51 --upstream_checkpoint_freq 50 --upstream_pythonpath /tmp/upstream_extra
+
+The public DomainBed is not installable: pass a clone of it. It imports `timm`, which this
+project does not need; `pip install --target DIR --no-deps timm` and pass DIR as
+`--upstream_pythonpath`. A 300-step upstream run takes a quarter of an hour on two cores, so
+`--upstream_steps` can shorten it; the table then also projects both runs to the same length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TIMINGS_ENV = "DOMAINBED_BENCH_TIMINGS"
+SPLITS = 12  # RotatedMNIST: 6 environments x (in, out)
+
+
+def timed_train(train_argv: list[str]) -> None:
+    """Run `domainbed.scripts.train` as __main__ with timers around dataset and accuracy."""
+    import atexit
+    import runpy
+
+    from domainbed import datasets
+    from domainbed.lib import misc
+
+    timings = {"dataset_s": 0.0, "accuracy_s": 0.0, "accuracy_calls": 0,
+               "engine": os.path.dirname(os.path.dirname(datasets.__file__))}
+    dataset_init = datasets.RotatedMNIST.__init__
+    accuracy = misc.accuracy
+
+    def timed_init(self, *args, **kwargs):
+        start = time.perf_counter()
+        dataset_init(self, *args, **kwargs)
+        timings["dataset_s"] += time.perf_counter() - start
+
+    def timed_accuracy(*args, **kwargs):
+        start = time.perf_counter()
+        value = accuracy(*args, **kwargs)
+        timings["accuracy_s"] += time.perf_counter() - start
+        timings["accuracy_calls"] += 1
+        return value
+
+    def dump():
+        with open(os.environ[TIMINGS_ENV], "w") as handle:
+            json.dump(timings, handle)
+
+    datasets.RotatedMNIST.__init__ = timed_init
+    misc.accuracy = timed_accuracy
+    atexit.register(dump)
+    sys.argv = ["train", *train_argv]
+    runpy.run_module("domainbed.scripts.train", run_name="__main__")
+
+
+def run_engine(label: str, pythonpath: list[str], data_dir: str, steps: int,
+               checkpoint_freq: int | None, work_dir: Path) -> dict:
+    output_dir = work_dir / label
+    timings_path = work_dir / f"{label}_timings.json"
+    train_argv = ["--data_dir", data_dir, "--dataset", "RotatedMNIST", "--algorithm", "ERM",
+                  "--test_envs", "0", "--steps", str(steps), "--output_dir", str(output_dir),
+                  "--skip_model_save"]
+    if checkpoint_freq is not None:
+        train_argv += ["--checkpoint_freq", str(checkpoint_freq)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
+    env[TIMINGS_ENV] = str(timings_path)
+    command = [sys.executable, __file__, "--_timed_train", *train_argv]
+    print(f"[{label}] {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"[{label}] train failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
+    timings = json.loads(timings_path.read_text())
+    records = [json.loads(line) for line in (output_dir / "results.jsonl").read_text().splitlines()]
+    # Each record's step_time is the mean over the steps since the previous record.
+    previous, total, count = -1, 0.0, 0
+    for record in records:
+        total += record["step_time"] * (record["step"] - previous)
+        count += record["step"] - previous
+        previous = record["step"]
+    evaluations = timings["accuracy_calls"] / SPLITS
+    figures = {
+        "engine": timings["engine"],
+        "steps": steps,
+        "evaluations": evaluations,
+        "dataset_s": timings["dataset_s"],
+        "step_s": total / count,
+        "eval_s": timings["accuracy_s"] / evaluations,
+        "wall_s": wall,
+        "test_acc": records[-1]["env0_in_acc"],
+        "loadavg": os.getloadavg()[0],
+    }
+    figures["other_s"] = wall - figures["dataset_s"] - total - timings["accuracy_s"]
+    print(f"[{label}] {json.dumps(figures)}", flush=True)
+    return figures
+
+
+def projected_wall(figures: dict, steps: int, evaluations: int) -> float:
+    return (figures["other_s"] + figures["dataset_s"] + steps * figures["step_s"]
+            + evaluations * figures["eval_s"])
+
+
+def checkpoints(steps: int, freq: int) -> int:
+    return len({s for s in range(steps) if s % freq == 0} | {steps - 1})
+
+
+def table(ours: dict, upstream: dict | None, steps: int, freq: int) -> str:
+    n_eval = checkpoints(steps, freq)
+    rows = [
+        ("engine", "engine", None),
+        ("steps run", "steps", None),
+        ("evaluations of all 12 splits", "evaluations", None),
+        ("dataset construction (s)", "dataset_s", "{:.1f}"),
+        ("seconds per step", "step_s", "{:.3f}"),
+        ("one evaluation of 12 splits (s)", "eval_s", "{:.1f}"),
+        ("startup and the rest (s)", "other_s", "{:.1f}"),
+        ("wall time of the run (s)", "wall_s", "{:.0f}"),
+        ("env0_in_acc (test env) at the end", "test_acc", "{:.4f}"),
+        ("1-minute load average after the run", "loadavg", "{:.1f}"),
+    ]
+    header = "| figure | ours | upstream | upstream / ours |" if upstream else "| figure | ours |"
+    lines = [header, "|---" * (4 if upstream else 2) + "|"]
+    for title, key, fmt in rows:
+        def cell(figures, key=key, fmt=fmt):
+            value = figures[key]
+            return fmt.format(value) if fmt else str(value)
+        line = f"| {title} | {cell(ours)} |"
+        if upstream:
+            ratio = ""
+            if key in ("dataset_s", "step_s", "eval_s", "wall_s") and ours[key] > 0:
+                ratio = f"{upstream[key] / ours[key]:.1f}x"
+            line += f" {cell(upstream)} | {ratio} |"
+        lines.append(line)
+    mine = projected_wall(ours, steps, n_eval)
+    line = f"| projected wall, {steps} steps, {n_eval} evaluations (s) | {mine:.0f} |"
+    if upstream:
+        theirs = projected_wall(upstream, steps, n_eval)
+        line += f" {theirs:.0f} | {theirs / mine:.1f}x |"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--_timed_train":
+        timed_train(sys.argv[2:])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default=str(REPO_ROOT / "data"))
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--checkpoint_freq", type=int, default=100,
+                        help="RotatedMNIST's default checkpoint frequency")
+    parser.add_argument("--upstream", help="path to a clone of the public DomainBed")
+    parser.add_argument("--upstream_steps", type=int, help="default: --steps")
+    parser.add_argument("--upstream_checkpoint_freq", type=int, help="default: --checkpoint_freq")
+    parser.add_argument("--upstream_pythonpath", action="append", default=[],
+                        help="extra import path for the upstream run (where timm lives)")
+    parser.add_argument("--skip_ours", action="store_true",
+                        help="time only the upstream run (then no table is printed)")
+    parser.add_argument("--work_dir", help="where the runs write (default: a temporary folder)")
+    args = parser.parse_args()
+
+    if args.upstream and not (Path(args.upstream) / "domainbed" / "scripts" / "train.py").exists():
+        sys.exit(f"--upstream {args.upstream} is not a clone of the public DomainBed")
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_rotatedmnist_"))
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ours = None
+    if not args.skip_ours:
+        ours = run_engine("ours", [str(REPO_ROOT)], args.data_dir, args.steps,
+                          args.checkpoint_freq, work_dir)
+    upstream = None
+    if args.upstream:
+        upstream = run_engine("upstream", [args.upstream, *args.upstream_pythonpath],
+                              args.data_dir, args.upstream_steps or args.steps,
+                              args.upstream_checkpoint_freq or args.checkpoint_freq, work_dir)
+    if ours is not None:
+        print(table(ours, upstream, args.steps, args.checkpoint_freq))
+    print(f"runs kept in {work_dir}")
+
+
+if __name__ == "__main__":
+    main()

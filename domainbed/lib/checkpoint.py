@@ -1,0 +1,112 @@
+"""Everything a killed training run needs to carry on as if it had never stopped.
+
+A resume state holds the algorithm's parameters and buffers, the state of every optimiser and
+learning-rate scheduler it keeps as an attribute, the position of each minibatch stream, the
+Python / NumPy / torch random generators, the next step and the result records written so far.
+Restoring all of it makes a resumed run on the same machine repeat the uninterrupted run bit
+for bit. An algorithm with plain-Python counters must expose them through
+`nn.Module.get_extra_state` / `set_extra_state` (or keep them in buffers) to be resumed exactly.
+
+The state is loaded with `weights_only=True`: only tensors and plain containers are unpickled,
+so a resume file cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from domainbed.lib import atomic
+
+RESUME_FILE = "resume.pt"
+
+
+class Resumable(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _optimisers(algorithm: torch.nn.Module) -> dict[str, Resumable]:
+    """The optimisers and schedulers an algorithm holds as attributes, by attribute name."""
+    kinds = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+    return {name: value for name, value in sorted(vars(algorithm).items())
+            if isinstance(value, kinds)}
+
+
+def _rng_state() -> dict[str, Any]:
+    version, mt_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": [version, list(mt_state), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def capture(algorithm: torch.nn.Module, loaders: list[Resumable], next_step: int,
+            records: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of the run, taken between two steps."""
+    return {
+        "args": args,
+        "next_step": next_step,
+        "records": records,
+        "algorithm": algorithm.state_dict(),
+        "optimisers": {name: opt.state_dict() for name, opt in _optimisers(algorithm).items()},
+        "loaders": [loader.state_dict() for loader in loaders],
+        "rng": _rng_state(),
+    }
+
+
+def restore(state: dict[str, Any], algorithm: torch.nn.Module, loaders: list[Resumable]) -> None:
+    """Put a freshly built run (same arguments) back where `capture` found the old one."""
+    algorithm.load_state_dict(state["algorithm"])
+    optimisers = _optimisers(algorithm)
+    if set(optimisers) != set(state["optimisers"]):
+        raise ValueError(
+            f"the resume state has optimisers {sorted(state['optimisers'])}, "
+            f"the algorithm has {sorted(optimisers)}")
+    for name, optimiser in optimisers.items():
+        optimiser.load_state_dict(state["optimisers"][name])
+    if len(loaders) != len(state["loaders"]):
+        raise ValueError(f"the resume state has {len(state['loaders'])} minibatch streams, "
+                         f"the run has {len(loaders)}")
+    for loader, loader_state in zip(loaders, state["loaders"], strict=True):
+        loader.load_state_dict(loader_state)
+    _set_rng_state(state["rng"])
+
+
+def save(state: dict[str, Any], output_dir: str) -> None:
+    atomic.torch_save(state, os.path.join(output_dir, RESUME_FILE))
+
+
+def load(output_dir: str) -> dict[str, Any] | None:
+    """The resume state in `output_dir`, or None when there is none."""
+    path = os.path.join(output_dir, RESUME_FILE)
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def discard(output_dir: str) -> None:
+    """Remove the resume state of a finished run (it can be as large as the model twice over)."""
+    path = os.path.join(output_dir, RESUME_FILE)
+    if os.path.exists(path):
+        os.remove(path)

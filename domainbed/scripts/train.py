@@ -1,0 +1,356 @@
+"""Train one algorithm on one dataset with some environments held out: one cell of a sweep.
+
+Flags, seeding, splits and output files follow the public DomainBed's `train.py`, so sweeps,
+`collect_results` and published numbers stay comparable:
+
+- every environment is split into `out` (a `--holdout_fraction` share) and `in` with
+  `split_dataset(env, n, seed_hash(trial_seed, env_i))`; a test environment's `in` part gives a
+  further `uda` share (`--uda_holdout_fraction`) of unlabelled examples;
+- training draws one minibatch per training environment per step; every `--checkpoint_freq`
+  steps (and at the last one) all splits are evaluated and one record goes to `results.jsonl`;
+- `--hparams_seed 0` means the default hyperparameters, otherwise a random draw seeded by
+  `seed_hash(hparams_seed, trial_seed)`; `--hparams` JSON overrides either.
+
+Beyond upstream: the run is resumable (a killed run restarted with the same arguments carries on
+from its last checkpoint, bit for bit on the same machine), every file is written atomically,
+bad input stops with one line saying what to do before anything is written, and in-memory
+datasets are fed without worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import PIL
+import torch
+import torchvision
+
+from domainbed import algorithms, datasets, hparams_registry
+from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
+from domainbed.lib import atomic, checkpoint, misc
+from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
+from domainbed.networks import PretrainedWeightsUnavailable
+
+RESULTS_FILE = "results.jsonl"
+
+# Evaluation batch size. Upstream uses 64 too; larger batches were not faster on CPU here.
+EVAL_BATCH_SIZE = 64
+
+
+class UsageError(Exception):
+    """Bad input: the message says what to change."""
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="domainbed.scripts.train", description="Domain generalization")
+    parser.add_argument("--data_dir", type=str)
+    parser.add_argument("--dataset", type=str, default="RotatedMNIST")
+    parser.add_argument("--algorithm", type=str, default="ERM")
+    parser.add_argument("--task", type=str, default="domain_generalization",
+                        choices=["domain_generalization", "domain_adaptation"])
+    parser.add_argument("--hparams", type=str, help="JSON object of hyperparameter overrides")
+    parser.add_argument("--hparams_seed", type=int, default=0,
+                        help='seed for random hparams (0 means "default hparams")')
+    parser.add_argument("--trial_seed", type=int, default=0,
+                        help="trial number (seeds split_dataset and random_hparams)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for everything else")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="number of steps (default: the dataset's N_STEPS)")
+    parser.add_argument("--checkpoint_freq", type=int, default=None,
+                        help="evaluate and checkpoint every N steps (default: the dataset's)")
+    parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
+    parser.add_argument("--output_dir", type=str, default="train_output")
+    parser.add_argument("--holdout_fraction", type=float, default=0.2)
+    parser.add_argument("--uda_holdout_fraction", type=float, default=0,
+                        help="for domain adaptation, the share of each test env given unlabelled")
+    parser.add_argument("--skip_model_save", action="store_true")
+    parser.add_argument("--save_model_every_checkpoint", action="store_true")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject what would fail later (or silently misbehave), before anything is written."""
+    if args.algorithm not in algorithms.ALGORITHMS:
+        raise UsageError(f"unknown --algorithm {args.algorithm!r}; choose one of: "
+                         + ", ".join(algorithms.ALGORITHMS))
+    if args.dataset not in datasets.DATASETS:
+        raise UsageError(f"unknown --dataset {args.dataset!r}; choose one of: "
+                         + ", ".join(datasets.DATASETS))
+    n_envs = datasets.num_environments(args.dataset)
+    bad = [e for e in args.test_envs if not 0 <= e < n_envs]
+    if bad:
+        raise UsageError(f"--test_envs {bad} out of range: {args.dataset} has environments "
+                         f"0..{n_envs - 1}")
+    if len(set(args.test_envs)) >= n_envs:
+        raise UsageError(f"--test_envs leaves no environment of {args.dataset} to train on")
+    if not 0 < args.holdout_fraction < 1:
+        raise UsageError(f"--holdout_fraction must lie in (0, 1), got {args.holdout_fraction}")
+    if not 0 <= args.uda_holdout_fraction < 1:
+        raise UsageError("--uda_holdout_fraction must lie in [0, 1), "
+                         f"got {args.uda_holdout_fraction}")
+    if args.task == "domain_adaptation" and args.uda_holdout_fraction == 0:
+        raise UsageError("--task domain_adaptation needs unlabelled test examples: "
+                         "set --uda_holdout_fraction above 0")
+    for flag in ("steps", "checkpoint_freq"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be at least 1, got {value}")
+    if args.hparams is not None:
+        try:
+            overrides = json.loads(args.hparams)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"--hparams is not valid JSON ({err}); "
+                             "pass an object such as '{\"lr\": 0.001}'") from None
+        if not isinstance(overrides, dict):
+            raise UsageError("--hparams must be a JSON object, such as '{\"lr\": 0.001}'")
+
+
+def resolve_hparams(args: argparse.Namespace) -> dict[str, Any]:
+    if args.hparams_seed == 0:
+        hparams = hparams_registry.default_hparams(args.algorithm, args.dataset)
+    else:
+        hparams = hparams_registry.random_hparams(
+            args.algorithm, args.dataset, misc.seed_hash(args.hparams_seed, args.trial_seed))
+    if args.hparams:
+        hparams.update(json.loads(args.hparams))
+    return hparams
+
+
+def _comparable(args: dict[str, Any]) -> dict[str, Any]:
+    # The same directory may be named by a relative or an absolute path.
+    return {k: v for k, v in args.items() if k != "output_dir"}
+
+
+def _refuse_different(previous: dict[str, Any], args: dict[str, Any], what: str) -> None:
+    previous, current = _comparable(previous), _comparable(args)
+    if previous != current:
+        changed = sorted(k for k in previous.keys() | current.keys()
+                         if previous.get(k) != current.get(k))
+        raise UsageError(f"--output_dir {args['output_dir']} holds {what} with other arguments "
+                         f"(differing: {', '.join(changed)}); rerun with the same arguments or "
+                         "choose another --output_dir")
+
+
+def _finished_args(output_dir: str) -> dict[str, Any] | None:
+    path = os.path.join(output_dir, RESULTS_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        lines = [line for line in handle if line.strip()]
+    return json.loads(lines[-1])["args"] if lines else None
+
+
+def previous_run(args: argparse.Namespace) -> tuple[bool, dict[str, Any] | None]:
+    """(finished?, resume state) for what `--output_dir` already holds; raises UsageError when
+    it holds something this run must not continue or overwrite."""
+    out = args.output_dir
+    if os.path.exists(os.path.join(out, "done")):
+        finished = _finished_args(out)
+        if finished is not None:
+            _refuse_different(finished, vars(args), "a finished run")
+        checkpoint.discard(out)  # left over if the run died between `done` and its cleanup
+        return True, None
+    state = checkpoint.load(out)
+    if state is not None:
+        _refuse_different(state["args"], vars(args), "an interrupted run")
+        return False, state
+    if os.path.exists(os.path.join(out, RESULTS_FILE)):
+        raise UsageError(f"--output_dir {out} holds {RESULTS_FILE} but no {checkpoint.RESUME_FILE}"
+                         " to resume from; delete it or choose another --output_dir")
+    return False, None
+
+
+def make_splits(dataset: MultipleDomainDataset, args: argparse.Namespace,
+                class_balanced: bool) -> tuple[list, list, list]:
+    """(in, out, uda) lists of (split, sampling weights or None), as upstream draws them."""
+    in_splits, out_splits, uda_splits = [], [], []
+    for env_i, env in enumerate(dataset):
+        out, in_ = misc.split_dataset(env, int(len(env) * args.holdout_fraction),
+                                      misc.seed_hash(args.trial_seed, env_i))
+        uda = None
+        if env_i in args.test_envs:
+            uda, in_ = misc.split_dataset(in_, int(len(in_) * args.uda_holdout_fraction),
+                                          misc.seed_hash(args.trial_seed, env_i))
+
+        def weights(split):
+            return misc.make_weights_for_balanced_classes(split) if class_balanced else None
+
+        in_splits.append((in_, weights(in_)))
+        out_splits.append((out, None))
+        if uda is not None and len(uda):
+            uda_splits.append((uda, weights(uda)))
+    return in_splits, out_splits, uda_splits
+
+
+def environment_report() -> list[str]:
+    return [
+        "Environment:",
+        f"\tPython: {sys.version.split(' ')[0]}",
+        f"\tPyTorch: {torch.__version__}",
+        f"\tTorchvision: {torchvision.__version__}",
+        f"\tCUDA: {torch.version.cuda}",
+        f"\tCUDNN: {torch.backends.cudnn.version()}",
+        f"\tNumPy: {np.__version__}",
+        f"\tPIL: {PIL.__version__}",
+    ]
+
+
+def _write_results(output_dir: str, records: list[dict[str, Any]]) -> None:
+    atomic.write_text(os.path.join(output_dir, RESULTS_FILE),
+                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def train(args: argparse.Namespace) -> int:
+    check_args(args)
+    hparams = resolve_hparams(args)
+    finished, state = previous_run(args)
+    if finished:
+        print(f"{args.output_dir} already holds a finished run with these arguments; "
+              "nothing to do")
+        return 0
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    dataset = datasets.get_dataset_class(args.dataset)(args.data_dir, args.test_envs, hparams)
+    in_splits, out_splits, uda_splits = make_splits(dataset, args, hparams["class_balanced"])
+    if args.task == "domain_adaptation" and not uda_splits:
+        raise UsageError("not enough unlabelled examples for domain adaptation: "
+                         "raise --uda_holdout_fraction")
+
+    train_loaders = [
+        InfiniteDataLoader(env, weights, hparams["batch_size"], dataset.N_WORKERS)
+        for i, (env, weights) in enumerate(in_splits) if i not in args.test_envs]
+    uda_loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], dataset.N_WORKERS)
+                   for env, weights in uda_splits]
+    eval_splits = [split for split, _ in in_splits + out_splits + uda_splits]
+    eval_loaders = [FastDataLoader(split, EVAL_BATCH_SIZE, dataset.N_WORKERS)
+                    for split in eval_splits]
+    eval_names = ([f"env{i}_in" for i in range(len(in_splits))]
+                  + [f"env{i}_out" for i in range(len(out_splits))]
+                  + [f"env{i}_uda" for i in range(len(uda_splits))])
+
+    num_domains = len(dataset) - len(args.test_envs)
+    algorithm = algorithms.get_algorithm_class(args.algorithm)(
+        dataset.input_shape, dataset.num_classes, num_domains, hparams)
+    algorithm.to(device)
+    streams = train_loaders + uda_loaders
+
+    # Setup is over and nothing failed: from here on the run writes into its directory.
+    os.makedirs(args.output_dir, exist_ok=True)
+    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"))
+    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"))
+    print("\n".join(environment_report()))
+    print("Args:")
+    for key, value in sorted(vars(args).items()):
+        print(f"\t{key}: {value}")
+    print("HParams:")
+    for key, value in sorted(hparams.items()):
+        print(f"\t{key}: {value}")
+
+    start_step, records = 0, []
+    if state is not None:
+        checkpoint.restore(state, algorithm, streams)
+        start_step, records = state["next_step"], state["records"]
+        del state
+        _write_results(args.output_dir, records)  # drop anything written after the checkpoint
+        print(f"Resuming from step {start_step} ({len(records)} records so far)")
+
+    def save_model(filename: str) -> None:
+        if args.skip_model_save:
+            return
+        atomic.torch_save({
+            "args": vars(args),
+            "model_input_shape": dataset.input_shape,
+            "model_num_classes": dataset.num_classes,
+            "model_num_domains": num_domains,
+            "model_hparams": hparams,
+            "model_dict": algorithm.state_dict(),
+        }, os.path.join(args.output_dir, filename))
+
+    steps_per_epoch = min(len(env) / hparams["batch_size"] for env, _ in in_splits)
+    n_steps = args.steps or dataset.N_STEPS
+    checkpoint_freq = args.checkpoint_freq or dataset.CHECKPOINT_FREQ
+    channels_last = device == "cpu"
+    train_batches = zip(*train_loaders, strict=True)
+    uda_batches = zip(*uda_loaders, strict=True)
+    window = collections.defaultdict(list)
+    last_keys = None
+
+    for step in range(start_step, n_steps):
+        step_start = time.time()
+        minibatches = [(x.to(device), y.to(device)) for x, y in next(train_batches)]
+        unlabeled = None
+        if args.task == "domain_adaptation":
+            unlabeled = [x.to(device) for x, _ in next(uda_batches)]
+        step_vals = algorithm.update(minibatches, unlabeled)
+        window["step_time"].append(time.time() - step_start)
+        for key, value in step_vals.items():
+            window[key].append(value)
+
+        if step % checkpoint_freq == 0 or step == n_steps - 1:
+            results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
+            for key, values in window.items():
+                results[key] = float(np.mean(values))
+            for name, loader in zip(eval_names, eval_loaders, strict=True):
+                results[name + "_acc"] = misc.accuracy(algorithm, loader, None, device,
+                                                       channels_last=channels_last)
+            results["mem_gb"] = (torch.cuda.max_memory_allocated() / 2**30
+                                 if device == "cuda" else 0.0)
+
+            keys = sorted(results)
+            if keys != last_keys:
+                misc.print_row(keys, colwidth=12)
+                last_keys = keys
+            misc.print_row([results[key] for key in keys], colwidth=12)
+
+            results.update({"hparams": hparams, "args": vars(args)})
+            records.append(results)
+            window = collections.defaultdict(list)
+            if args.save_model_every_checkpoint:
+                save_model(f"model_step{step}.pkl")
+            checkpoint.save(checkpoint.capture(algorithm, streams, step + 1, records, vars(args)),
+                            args.output_dir)
+            _write_results(args.output_dir, records)
+
+    save_model("model.pkl")
+    atomic.write_text(os.path.join(args.output_dir, "done"), "done")
+    checkpoint.discard(args.output_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    stdout, stderr = sys.stdout, sys.stderr
+    try:
+        return train(args)
+    except (UsageError, DataUnavailableError, PretrainedWeightsUnavailable) as err:
+        message = " ".join(str(err).split())
+        print(f"domainbed.scripts.train: error: {message}", file=sys.stderr)
+        return 2
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, misc.Tee):
+                stream.file.close()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+if __name__ == "__main__":
+    sys.exit(main())

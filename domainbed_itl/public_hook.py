@@ -1,0 +1,102 @@
+"""Make ERM_ITL, RSC_ITL, ... available in an unmodified clone of the public DomainBed.
+
+The public DomainBed has no plugin mechanism: its algorithm and hyperparameter registries are
+module globals. So installing this project puts `domainbed_itl_autoregister.pth` into
+site-packages; at interpreter start it calls `install()`, which adds an import finder. When a
+module named `domainbed.algorithms` or `domainbed.hparams_registry` that is *not* this
+project's engine (whose `domainbed.ENGINE` is "domainbed-itl") finishes executing, the finder
+adds our algorithms to it (domainbed_itl.algorithms.public). Every interpreter of the
+environment does this, so the subprocesses a sweep launches do too.
+
+Cost at start-up: this module (no imports beyond os and sys, not even importlib.abc, which
+alone takes ~30 ms) and one dictionary lookup per later import.
+Nothing here may break an interpreter: any failure becomes one warning, and the clone runs as
+if we were absent. Set DOMAINBED_ITL_AUTOREGISTER=0 to switch it off.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV_SWITCH = "DOMAINBED_ITL_AUTOREGISTER"
+OUR_ENGINE = "domainbed-itl"
+_INJECTORS = {
+    "domainbed.algorithms": "register_algorithms",
+    "domainbed.hparams_registry": "register_hparams",
+}
+_warned = False
+
+
+def _warn_once(message: str) -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        import warnings
+
+        warnings.warn(f"domainbed-itl: {message} (set {ENV_SWITCH}=0 to silence)",
+                      RuntimeWarning, stacklevel=2)
+
+
+def _inject(module) -> None:
+    try:
+        from domainbed_itl.algorithms import public
+
+        result = getattr(public, _INJECTORS[module.__name__])(module)
+        if result:
+            _warn_once(f"the DomainBed at {module.__file__} lacks {', '.join(result)}; "
+                       "the variants built on it are not registered")
+    except Exception as error:  # noqa: BLE001 - the clone must keep working whatever happens
+        _warn_once(f"could not register ITL algorithms into {module.__name__}: "
+                   f"{type(error).__name__}: {error}")
+
+
+class _InjectingLoader:
+    """The module's own loader, with our registration run after the module executes."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._inner.exec_module(module)
+        _inject(module)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+class AutoRegisterFinder:
+    """Finds nothing itself; wraps the loader the other finders return for the two targets."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in _INJECTORS:
+            return None
+        try:
+            parent = sys.modules.get("domainbed")
+            if parent is None or getattr(parent, "ENGINE", None) == OUR_ENGINE:
+                return None
+            for finder in sys.meta_path:
+                if finder is self or not hasattr(finder, "find_spec"):
+                    continue
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+            if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                spec.loader = _InjectingLoader(spec.loader)
+            return spec
+        except Exception as error:  # noqa: BLE001
+            _warn_once(f"import hook failed for {fullname}: {type(error).__name__}: {error}")
+            return None
+
+
+def install() -> None:
+    """Put the finder first on sys.meta_path, once; a no-op when switched off."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return
+    if not any(isinstance(f, AutoRegisterFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, AutoRegisterFinder())
