@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,10 +82,14 @@ def run_engine(label: str, pythonpath: list[str], data_dir: str, steps: int,
     env[TIMINGS_ENV] = str(timings_path)
     command = [sys.executable, __file__, "--_timed_train", *train_argv]
     print(f"[{label}] {' '.join(command)}", flush=True)
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
     wall = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the run and of every process it started (DataLoader workers included).
+    cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     if done.returncode != 0:
         sys.exit(f"[{label}] train failed (exit {done.returncode}): {done.stderr.strip()[-2000:]}")
     timings = json.loads(timings_path.read_text())
@@ -104,6 +109,7 @@ def run_engine(label: str, pythonpath: list[str], data_dir: str, steps: int,
         "step_s": total / count,
         "eval_s": timings["accuracy_s"] / evaluations,
         "wall_s": wall,
+        "cpu_s": cpu,
         "test_acc": records[-1]["env0_in_acc"],
         "loadavg": os.getloadavg()[0],
     }
@@ -132,6 +138,7 @@ def table(ours: dict, upstream: dict | None, steps: int, freq: int) -> str:
         ("one evaluation of 12 splits (s)", "eval_s", "{:.1f}"),
         ("startup and the rest (s)", "other_s", "{:.1f}"),
         ("wall time of the run (s)", "wall_s", "{:.0f}"),
+        ("CPU time of the run, workers included (s)", "cpu_s", "{:.0f}"),
         ("env0_in_acc (test env) at the end", "test_acc", "{:.4f}"),
         ("1-minute load average after the run", "loadavg", "{:.1f}"),
     ]
@@ -144,7 +151,7 @@ def table(ours: dict, upstream: dict | None, steps: int, freq: int) -> str:
         line = f"| {title} | {cell(ours)} |"
         if upstream:
             ratio = ""
-            if key in ("dataset_s", "step_s", "eval_s", "wall_s") and ours[key] > 0:
+            if key in ("dataset_s", "step_s", "eval_s", "wall_s", "cpu_s") and ours[key] > 0:
                 ratio = f"{upstream[key] / ours[key]:.1f}x"
             line += f" {cell(upstream)} | {ratio} |"
         lines.append(line)

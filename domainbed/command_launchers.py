@@ -2,9 +2,10 @@
 
 A launcher is a callable taking the list of commands (plus optional keyword settings such as
 `max_parallel`). It is looked up by name in `REGISTRY`, as in the public DomainBed, and other
-packages add their own with `@register_launcher("name")` (a cluster launcher, say) before the
-sweep runs. A launcher that runs jobs to completion may return the commands that failed; one
-that only submits them returns None.
+packages add their own with `@register_launcher("name")` (a cluster launcher, say), typically
+from a `domainbed.plugins` entry point, which the sweep loads before it looks the name up.
+A launcher that runs jobs to completion may return the commands that failed; one that only
+submits them returns None.
 
 Every job writes its own `done` file when it finishes, so the sweep, not the launcher, keeps
 track of what is finished: a launcher may be killed at any moment without losing anything but
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import tqdm
@@ -91,6 +93,25 @@ def _tail(handle: IO[bytes]) -> list[str]:
     return lines[-_STDERR_TAIL_LINES:]
 
 
+def _only_zombies(pgid: int) -> bool:
+    """True if every process left in group `pgid` has exited and waits to be reaped.
+
+    A killed job's processes can be inherited by an init that never reaps them; they still
+    answer signals, but there is nothing left to stop. Without /proc, assume they are running.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return False
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _ppid, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgrp) == pgid and state != "Z":
+            return False
+    return True
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -98,7 +119,7 @@ def _group_alive(pgid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _only_zombies(pgid)
 
 
 def _signal_group(pgid: int, signum: int) -> None:

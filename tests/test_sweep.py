@@ -180,7 +180,7 @@ def test_launch_prints_jobs_and_asks(tmp_path, sweep_main):
 def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main):
     out = tmp_path / "sweep"
     flags = [*DEBUG_FLAGS, "--command_launcher", "dummy", "--skip_confirmation"]
-    first = run_sweep("launch", out, *flags)
+    first = sweep_main("launch", out, *flags)
     assert first.returncode == 0 and first.stdout.count("Dummy launcher: ") == 6
     again = sweep_main("launch", out, *flags)
     assert again.stdout.count("Dummy launcher: ") == 0
@@ -302,6 +302,34 @@ def test_multi_gpu_launcher_gives_each_job_one_gpu(tmp_path, monkeypatch):
         command_launchers.check_launcher("multi_gpu")
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_stops_the_jobs_processes_not_just_their_shells(tmp_path):
+    """A job's command runs under a shell; stopping the launcher must reach what the shell
+    started (here a background `sleep`), or it would keep running after the sweep is gone."""
+    pid_file = tmp_path / "pid"
+    script = (
+        "from domainbed.command_launchers import local_launcher\n"
+        f"local_launcher(['sleep 120 & echo $! > {pid_file}; wait'])\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    sleeper = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    stderr = proc.communicate(timeout=60)[1]
+    assert proc.returncode != 0 and "SIGTERM" in stderr
+    stat = Path(f"/proc/{sleeper}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
+
+
 # ------------------------------------------------------------------ real sweeps
 
 
@@ -402,7 +430,7 @@ DEBUG_SWEEP = (
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-def test_real_sweep_interrupted_twice_then_completed(tmp_path):
+def test_real_sweep_interrupted_twice_then_completed(tmp_path, sweep_main):
     """Debug28, ERM and IRM, 2 hparams, 1 trial, one test env per job (12 jobs, 2 at a time):
     stop it with Ctrl-C, clean up and resume; kill it outright, clean up and resume. Every job
     must end up run exactly once, and the finished jobs must not be touched again."""
@@ -431,7 +459,7 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path):
     done, incomplete = _states(root)
     assert len(done) >= 1 and len(done) + len(incomplete) == n_jobs
 
-    cleaned = run_sweep("delete_incomplete", root, *flags)
+    cleaned = sweep_main("delete_incomplete", root, *flags)
     assert f"About to delete {len(incomplete)} jobs." in cleaned.stdout
     assert _states(root) == (done, set())
 
@@ -440,7 +468,7 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path):
     _wait_for_done(root, len(done) + 1, proc)
     _kill_session(proc.pid)
     proc.wait(timeout=30)
-    run_sweep("delete_incomplete", root, *flags)
+    sweep_main("delete_incomplete", root, *flags)
     done, incomplete = _states(root)
     assert incomplete == set() and 2 <= len(done) < n_jobs
     before = _fingerprint(root, done)
@@ -454,7 +482,7 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path):
     expected = _expected_jobs(root, "Debug28", ["ERM", "IRM"], 2, 3, True, "/data")
     _check_each_job_ran_once(root, expected, last_step=2)
 
-    again = run_sweep("launch", root, *flags)
+    again = sweep_main("launch", root, *flags)
     assert f"{n_jobs} jobs: {n_jobs} done, 0 incomplete, 0 not launched." in again.stdout
     assert "About to launch 0 jobs." in again.stdout
 

@@ -62,8 +62,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def capture(algorithm: torch.nn.Module, loaders: list[Resumable], next_step: int,
-            records: list[dict[str, Any]], args: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot of the run, taken between two steps."""
+            records: list[str], args: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot of the run, taken between two steps; `records` are results.jsonl's lines."""
     return {
         "args": args,
         "next_step": next_step,

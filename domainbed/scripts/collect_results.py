@@ -126,7 +126,9 @@ def _average_cell(means: list[float | None]) -> str:
     return f"{sum(means) / len(means):.1f}"
 
 
-def results_tables(records: Q, selection_method: type, fmt: str = "text") -> list[str]:
+def results_tables(
+    records: Q, selection_method: type[model_selection.SelectionMethod], fmt: str = "text"
+) -> list[str]:
     """The lines of every per-dataset table and the summary table for one selection method."""
     latex = fmt == "latex"
     grouped = (

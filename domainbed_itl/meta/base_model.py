@@ -61,7 +61,3 @@ def accuracy(params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
             correct += int((logits.argmax(1) == y[start : start + chunk]).sum())
     return correct / len(y)
 
-
-def n_params(params: Params) -> int:
-    """Number of scalar parameters (the dimension of the Hessian the IFT never builds)."""
-    return sum(p.numel() for p in params)

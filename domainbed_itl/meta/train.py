@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Meta-learn a loss function by implicit gradients (Gao et al., ICML 2022).",
     )
     p.add_argument("--dataset", default="RotatedMNIST", help="any dataset of domainbed.datasets")
+    p.add_argument("--exclude_envs", type=int, nargs="+", default=[],
+                   help="environments left out of meta-training entirely (e.g. the test "
+                   "domain a learned loss will later be deployed on)")
     p.add_argument("--data_dir", required=True)
     p.add_argument("--output_dir", required=True)
     p.add_argument("--family", default="taylor", choices=("taylor", "isce"))
@@ -113,6 +116,26 @@ def validate(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be positive")
     if args.neumann_terms < 0 or any(h < 1 for h in args.hidden):
         raise ValueError("--neumann_terms must be >= 0 and --hidden widths >= 1")
+    if len(set(args.exclude_envs)) != len(args.exclude_envs):
+        raise ValueError(f"--exclude_envs lists an environment twice: {args.exclude_envs}")
+
+
+def drop_envs(
+    domains: list[tuple[torch.Tensor, torch.Tensor]], exclude: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The domains that stay after --exclude_envs; at least two must remain for
+    leave-one-domain-out."""
+    n = len(domains)
+    bad = [e for e in exclude if not 0 <= e < n]
+    if bad:
+        raise ValueError(f"--exclude_envs {bad} out of range: the dataset has environments "
+                         f"0..{n - 1}")
+    skip = set(exclude)
+    kept = [d for i, d in enumerate(domains) if i not in skip]
+    if len(kept) < 2:
+        raise ValueError(f"--exclude_envs leaves {len(kept)} environment(s); "
+                         "leave-one-domain-out needs at least two")
+    return kept
 
 
 def meta_config(args: argparse.Namespace) -> MetaConfig:
@@ -274,6 +297,10 @@ def run_config(args: argparse.Namespace, family: LossFamily, w0: torch.Tensor) -
     with the starting w by value (an --init file could have changed)."""
     config = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
     config["hidden"] = list(args.hidden)
+    # Only recorded when used, so checkpoints written before the flag existed still resume.
+    config.pop("exclude_envs", None)
+    if args.exclude_envs:
+        config["exclude_envs"] = sorted(args.exclude_envs)
     config["family_spec"] = family.spec()
     config["w0"] = [float(v) for v in w0]
     return config
@@ -298,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         family = make_family(args.family, args.order)
         out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         domains, num_classes = load_domains(args.dataset, args.data_dir, args.seed)
+        domains = drop_envs(domains, args.exclude_envs)
         w0 = initial_w(family, args.init, num_classes,
                        torch.Generator().manual_seed(seed_hash(args.seed, "init")))
         config = run_config(args, family, w0)
@@ -310,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    out.mkdir(parents=True, exist_ok=True)
     cfg = meta_config(args)
     data = make_domain_set(domains, num_classes, cfg.eval_examples, args.seed, args.device)
     trainer = MetaTrainer(data, family, cfg, w0, args.outer_optimizer, args.outer_lr,
@@ -319,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         rewrite_log(out / LOG, trainer.records)
     else:
         rewrite_log(out / LOG, [])
-    title = f"{args.dataset}: {family.spec()}"
+    title = f"{args.dataset}: " + ", ".join(f"{k} {v}" for k, v in family.spec().items())
     bar = tqdm(range(trainer.step, args.outer_steps), initial=trainer.step,
                total=args.outer_steps, desc="outer steps", dynamic_ncols=True)
     for _ in bar:

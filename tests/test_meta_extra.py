@@ -1,0 +1,111 @@
+"""Meta-learning extras: leaving environments out, the CMA-ES baseline with its Fig. 4 plot, and
+the hypergradient accuracy study, all on real MNIST with tiny settings."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from domainbed_itl.meta import cmaes as cmaes_module
+from domainbed_itl.meta import compare_curves
+from domainbed_itl.meta import train as train_module
+from domainbed_itl.meta.check_hypergrad import run_study
+
+TINY = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eval_examples", "50"]
+TINY_IFT = [*TINY, "--hessian_batch", "32", "--neumann_terms", "2"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def rmnist(mnist_dir):
+    return train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+
+
+@pytest.fixture
+def cached_loader(monkeypatch, rmnist):
+    """Both CLIs load the data through train.load_domains; reuse one load."""
+    monkeypatch.setattr(train_module, "load_domains", lambda *args: rmnist)
+    monkeypatch.setattr(cmaes_module, "load_domains", lambda *args: rmnist)
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_exclude_envs_meta_trains_on_the_rest_and_is_part_of_the_config(
+    tmp_path, mnist_dir, cached_loader, capsys
+):
+    out = tmp_path / "ift"
+    base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY_IFT]
+    assert train_module.main([*base, "--outer_steps", "1", "--exclude_envs", "0"]) == 0
+    (record,) = _records(out / "log.jsonl")
+    assert len(record["held_out_accs"]) == 5
+    assert all(math.isfinite(v) for v in json.loads((out / "learned_loss.json").read_text())
+               ["itl_omega"])
+
+    assert train_module.main([*base, "--outer_steps", "2"]) == 2
+    assert "exclude_envs" in capsys.readouterr().err
+    assert train_module.main([*base, "--outer_steps", "1", "--exclude_envs", "6"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    bad = tmp_path / "never"
+    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(bad),
+                              *TINY_IFT, "--exclude_envs", "0", "1", "2", "3", "4"]) == 2
+    assert not bad.exists()
+
+
+def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
+    tmp_path, mnist_dir, cached_loader
+):
+    out = tmp_path / "cma"
+    base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
+            "--exclude_envs", "0", "1", "2", "--popsize", "3"]
+    # Three domains and three candidates: 9 inner trainings per generation.
+    assert cmaes_module.main([*base, "--budget", "20"]) == 0
+    records = _records(out / "log.jsonl")
+    assert [r["inner_trainings"] for r in records] == [9, 18]
+    for r in records:
+        assert 0.0 <= r["mean_held_out_acc"] <= r["best_held_out_acc"] <= 1.0
+        assert math.isfinite(r["best_fitness"]) and r["best_fitness"] <= r["mean_fitness"]
+        assert r["n_diverged"] == 0 and r["sigma"] > 0
+    learned = json.loads((out / "learned_loss.json").read_text())["itl_omega"]
+    assert len(learned) == 12 and all(math.isfinite(v) for v in learned)
+    assert learned in [r["best_w"] for r in records]
+
+    # A larger budget continues the same search; other settings are refused.
+    assert cmaes_module.main([*base, "--budget", "27"]) == 0
+    assert [r["generation"] for r in _records(out / "log.jsonl")] == [0, 1, 2]
+    assert cmaes_module.main([*base, "--budget", "40", "--sigma0", "0.5"]) == 2
+    assert len(_records(out / "log.jsonl")) == 3
+
+    ift = tmp_path / "ift"
+    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(ift), *TINY_IFT,
+                              "--outer_steps", "2", "--exclude_envs", "0", "1", "2"]) == 0
+    assert compare_curves.read_curve(ift)["x"] == [3, 6]
+    png = tmp_path / "fig4.png"
+    assert compare_curves.main(["--runs", str(ift), str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert compare_curves.main(["--runs", str(tmp_path), "--out", str(png)]) == 2
+
+
+def test_hypergradient_study_converges_in_j(mnist_dir):
+    result = run_study(str(mnist_dir), problems=["logreg"], js=(1, 10, 100), inner_lengths=(20,),
+                       n_train=100, n_val=100)
+    (summary,) = result["summaries"]
+    assert summary["exact_vs_fd_cosine"] > 0.999 and summary["lambda_min"] > 0
+    j_rows = [r for r in result["rows"] if r["sweep"] == "J" and r["alpha"] == "1/lambda_max"]
+    assert [r["J"] for r in j_rows] == [1, 10, 100]
+    errors = [r["rel_error"] for r in j_rows]
+    assert errors[0] > errors[1] > errors[2]
+    assert j_rows[-1]["cosine"] > 0.99
+    (inner,) = [r for r in result["rows"] if r["sweep"] == "inner_steps"]
+    assert inner["inner_steps"] == 20 and math.isfinite(inner["cosine"])
