@@ -195,6 +195,11 @@ def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main):
     assert relaunched.stdout.count("Dummy launcher: ") == 5
     assert done_dir.name not in relaunched.stdout.split("About to launch")[1]
 
+    resumed = sweep_main("launch", out, *flags, "--resume_incomplete")
+    assert resumed.stdout.count("Dummy launcher: ") == 5
+    assert "incomplete jobs are left alone" not in resumed.stdout
+    assert done_dir.name not in resumed.stdout.split("About to launch")[1]
+
     assert "About to delete 6 jobs." in sweep_main("delete_all", out, *flags).stdout
     assert list(out.iterdir()) == []
 

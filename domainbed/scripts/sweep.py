@@ -10,7 +10,9 @@ Each job (trial x dataset x algorithm x test envs x hyperparameter seed) lives i
 directory it wrote is recognised job for job. A job is done when its directory holds `done`,
 incomplete when the directory exists without it (running, failed or killed), and not launched
 otherwise. `launch` starts only jobs not launched; `delete_incomplete` clears failed or killed
-ones so that the next `launch` reruns exactly those.
+ones so that the next `launch` reruns exactly those, from scratch. `launch --resume_incomplete`
+(ours, not upstream's) starts the incomplete ones again in place instead, and the training
+script carries each on from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -248,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="jobs run at once by the local launcher (default 1)",
     )
+    parser.add_argument(
+        "--resume_incomplete",
+        action="store_true",
+        help="launch incomplete jobs too; each continues from its last checkpoint. Only when "
+        "none of them is still running",
+    )
     return parser
 
 
@@ -344,12 +352,14 @@ def run(args: argparse.Namespace) -> int:
     print(_summary(jobs))
 
     if args.command == "launch":
-        to_launch = [job for job in jobs if job.state == NOT_LAUNCHED]
+        wanted = (NOT_LAUNCHED, INCOMPLETE) if args.resume_incomplete else (NOT_LAUNCHED,)
+        to_launch = [job for job in jobs if job.state in wanted]
         incomplete = sum(job.state == INCOMPLETE for job in jobs)
-        if incomplete:
+        if incomplete and not args.resume_incomplete:
             print(
                 f"{incomplete} incomplete jobs are left alone; if they are not running, "
-                "`delete_incomplete` and launch again to rerun them."
+                "`delete_incomplete` and launch again to rerun them, or launch with "
+                "--resume_incomplete to continue them from their last checkpoint."
             )
         print(f"About to launch {len(to_launch)} jobs.")
         if not to_launch or not _confirmed(args):
