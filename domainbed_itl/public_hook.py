@@ -29,13 +29,12 @@ _warned = False
 
 
 def _warn_once(message: str) -> None:
+    """One line on stderr, once per interpreter (the warnings module would print our source)."""
     global _warned
     if not _warned:
         _warned = True
-        import warnings
-
-        warnings.warn(f"domainbed-itl: {message} (set {ENV_SWITCH}=0 to silence)",
-                      RuntimeWarning, stacklevel=2)
+        sys.stderr.write(f"domainbed-itl: warning: {message} "
+                         f"(set {ENV_SWITCH}=0 to switch the hook off)\n")
 
 
 def _inject(module) -> None:

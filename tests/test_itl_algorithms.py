@@ -147,24 +147,27 @@ def read_records(path):
     return [json.loads(line) for line in (path / "results.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("algorithm", ["ERM_ITL", "RSC_ITL"])
-def test_train_runs_on_debug28_with_custom_omega(tmp_path, algorithm):
+def train_debug28(out, algorithm: str, hparams: dict) -> list[dict]:
     from domainbed.scripts import train
 
+    argv = ["--dataset", "Debug28", "--algorithm", algorithm, "--steps", "2",
+            "--output_dir", str(out), "--skip_model_save",
+            "--hparams", json.dumps({"batch_size": 8, **hparams})]
+    assert train.main(argv) == 0
+    return read_records(out)
+
+
+def test_train_uses_the_itl_omega_given_with_hparams(tmp_path):
+    """Same seed and data: only the --hparams itl_omega differs, and so does the logged loss."""
     omega = [v * 0.5 for v in ITL_OMEGA]
-    runs = {}
-    for tag, extra in (("default", []), ("custom", ["--hparams", json.dumps(
-            {"itl_omega": omega, "batch_size": 8})])):
-        out = tmp_path / tag
-        argv = ["--dataset", "Debug28", "--algorithm", algorithm, "--steps", "3",
-                "--checkpoint_freq", "1", "--output_dir", str(out), "--skip_model_save"]
-        if not extra:
-            extra = ["--hparams", json.dumps({"batch_size": 8})]
-        assert train.main(argv + extra) == 0
-        runs[tag] = read_records(out)
-    assert runs["custom"][-1]["hparams"]["itl_omega"] == omega
-    assert runs["default"][-1]["hparams"]["itl_omega"] == list(ITL_OMEGA)
-    assert runs["custom"][0]["loss"] != pytest.approx(runs["default"][0]["loss"])
+    default = train_debug28(tmp_path / "default", "ERM_ITL", {})
+    custom = train_debug28(tmp_path / "custom", "ERM_ITL", {"itl_omega": omega})
+    assert default[-1]["hparams"]["itl_omega"] == list(ITL_OMEGA)
+    assert custom[-1]["hparams"]["itl_omega"] == omega
+    assert custom[0]["loss"] != pytest.approx(default[0]["loss"])
+    rsc = train_debug28(tmp_path / "rsc", "RSC_ITL", {"itl_omega": omega})
+    assert [r["step"] for r in rsc] == [0, 1] and rsc[-1]["hparams"]["itl_omega"] == omega
+    assert all(math.isfinite(r["loss"]) for r in default + custom + rsc)
 
 
 @pytest.mark.slow

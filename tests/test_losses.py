@@ -292,7 +292,8 @@ def mnist_tensors(mnist_dir):
     def flat(images):
         return images.float().div(255).reshape(len(images), -1)
 
-    return flat(train.data[:5000]), train.targets[:5000], flat(test.data[:2000]), test.targets[:2000]
+    return (flat(train.data[:5000]), train.targets[:5000],
+            flat(test.data[:2000]), test.targets[:2000])
 
 
 def mlp_accuracy(loss: torch.nn.Module, data, steps: int = 400, batch_size: int = 128) -> float:

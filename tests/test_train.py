@@ -35,7 +35,7 @@ def read_records(output_dir: Path) -> list[dict]:
 
 def cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "domainbed.scripts.train", *argv],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=1800)
 
 
 def check_record_fields(record: dict, n_envs: int, argv_dict: dict) -> None:
