@@ -26,6 +26,8 @@ averages over classes; TaylorGLO negates), then averaged over the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,7 +121,8 @@ class TaylorLoss(nn.Module):
     with `learnable=True` it is an nn.Parameter, for learning the loss itself.
     """
 
-    def __init__(self, omega, order: int = 4, reduction: str = "mean", learnable: bool = False):
+    def __init__(self, omega: Sequence[float] | torch.Tensor, order: int = 4,
+                 reduction: str = "mean", learnable: bool = False):
         super().__init__()
         _check_reduction(reduction)
         omega = torch.as_tensor(omega, dtype=torch.get_default_dtype()).detach().clone()
@@ -152,5 +155,6 @@ class ITL(TaylorLoss):
     zero (FACTS.md). Pass `omega` to deploy another learned order-4 loss the same way.
     """
 
-    def __init__(self, omega=ITL_OMEGA, reduction: str = "mean", learnable: bool = False):
+    def __init__(self, omega: Sequence[float] | torch.Tensor = ITL_OMEGA,
+                 reduction: str = "mean", learnable: bool = False):
         super().__init__(omega, order=4, reduction=reduction, learnable=learnable)
