@@ -173,17 +173,17 @@ def test_train_uses_the_itl_omega_given_with_hparams(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["ERM_ITL", "RSC_ITL"])
 def test_train_on_rotated_mnist(tmp_path, mnist_dir, algorithm):
+    """One step and one evaluation of all 12 splits (a few CPU-minutes per algorithm here):
+    the evaluation, not the step, is the cost."""
     from domainbed.scripts import train
 
     omega = [v * 0.5 for v in ITL_OMEGA]
     out = tmp_path / algorithm
     argv = ["--dataset", "RotatedMNIST", "--data_dir", str(mnist_dir), "--algorithm", algorithm,
-            "--test_envs", "0", "--steps", "3", "--checkpoint_freq", "100",
-            "--output_dir", str(out), "--skip_model_save",
+            "--test_envs", "0", "--steps", "1", "--output_dir", str(out), "--skip_model_save",
             "--hparams", json.dumps({"itl_omega": omega})]
     assert train.main(argv) == 0
-    records = read_records(out)
-    assert [r["step"] for r in records] == [0, 2]
-    assert records[-1]["hparams"]["itl_omega"] == omega
-    assert all(math.isfinite(r["loss"]) for r in records)
-    assert 0 <= records[-1]["env0_out_acc"] <= 1 and (out / "done").exists()
+    (record,) = read_records(out)
+    assert record["step"] == 0 and record["hparams"]["itl_omega"] == omega
+    assert math.isfinite(record["loss"]) and (out / "done").exists()
+    assert all(0 <= record[f"env{i}_{part}_acc"] <= 1 for i in range(6) for part in ("in", "out"))
