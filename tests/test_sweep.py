@@ -434,6 +434,54 @@ DEBUG_SWEEP = (
 ).split()
 
 
+def _start_in_new_session(root: Path, flags) -> subprocess.Popen:
+    """Launch the sweep as its own session, so that the test can find and kill all of it."""
+    return subprocess.Popen(
+        sweep_cmd("launch", root, *flags),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=REPO_ROOT,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_killed_sweep_reruns_only_the_missing_jobs(tmp_path, sweep_main):
+    """Debug28, ERM, random hparams seed 1, one test env per job, one step (3 jobs, 2 at a
+    time): kill the sweep and its jobs once one job is done, delete the incomplete ones, launch
+    again."""
+    root = tmp_path / "sweep"
+    flags = (
+        "--datasets Debug28 --algorithms ERM --n_hparams_from 1 --n_hparams 2 --n_trials 1 "
+        "--steps 1 --single_test_envs --command_launcher local --max_parallel 2 "
+        "--skip_confirmation"
+    ).split()
+    proc = _start_in_new_session(root, flags)
+    _wait_for_done(root, 1, proc)
+    _kill_session(proc.pid)
+    proc.wait(timeout=30)
+    done, incomplete = _states(root)
+    assert len(done) >= 1 and len(done) + len(incomplete) == 3
+
+    cleaned = sweep_main("delete_incomplete", root, *flags)
+    assert f"About to delete {len(incomplete)} jobs." in cleaned.stdout
+    assert _states(root) == (done, set())
+    before = _fingerprint(root, done)
+
+    final = sweep_main("launch", root, *flags)
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert f"About to launch {3 - len(done)} jobs." in final.stdout
+    assert f"All {3 - len(done)} jobs exited successfully." in final.stdout
+    assert _fingerprint(root, done) == before
+    expected = {
+        Path(Job(a, str(root)).output_dir).name: a
+        for a in args_list(n_hparams_from=1, n_hparams=2, steps=1, single_test_envs=True)
+    }
+    assert len(expected) == 3
+    _check_each_job_ran_once(root, expected, last_step=0)
+
+
 @pytest.mark.slow  # minutes of real jobs; make test-all runs it
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_real_sweep_interrupted_twice_then_completed(tmp_path, sweep_main):
@@ -444,18 +492,8 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path, sweep_main):
     flags = [*DEBUG_SWEEP, "--single_test_envs"]
     n_jobs = 12
 
-    def start():
-        return subprocess.Popen(
-            sweep_cmd("launch", root, *flags),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-
     # 1. Ctrl-C to the sweep process alone: it stops its own jobs and says what to do next.
-    proc = start()
+    proc = _start_in_new_session(root, flags)
     _wait_for_done(root, 1, proc)
     proc.send_signal(signal.SIGINT)
     output = proc.communicate(timeout=60)[0]
@@ -470,7 +508,7 @@ def test_real_sweep_interrupted_twice_then_completed(tmp_path, sweep_main):
     assert _states(root) == (done, set())
 
     # 2. SIGKILL to the sweep and all its jobs at once, as when the machine goes away.
-    proc = start()
+    proc = _start_in_new_session(root, flags)
     _wait_for_done(root, len(done) + 1, proc)
     _kill_session(proc.pid)
     proc.wait(timeout=30)

@@ -59,36 +59,47 @@ def make_weights_for_balanced_classes(dataset: torch.utils.data.Dataset) -> torc
     return per_class[inverse].float()
 
 
+def count_correct(network: torch.nn.Module, loader: Iterable, weights: torch.Tensor | None,
+                  device: str | torch.device, channels_last: bool = False) -> tuple[float, float]:
+    """(weighted number right, total weight) of `network.predict` over `loader`.
+
+    The caller puts the network in eval mode; this only runs inference (in the calling thread's
+    inference mode), so several threads may count different loaders at once. A single output
+    column is read as a binary logit (positive means class 1). `channels_last` feeds 4-d inputs
+    in NHWC layout; it changes no prediction beyond float rounding.
+    """
+    correct = total = 0.0
+    offset = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits = network.predict(x)
+            if logits.size(1) == 1:
+                hits = logits.squeeze(1).gt(0).long().eq(y)
+            else:
+                hits = logits.argmax(1).eq(y)
+            if weights is None:
+                correct += hits.sum().item()
+                total += len(x)
+            else:
+                w = weights[offset:offset + len(x)].to(device)
+                offset += len(x)
+                correct += (hits.float() * w).sum().item()
+                total += w.sum().item()
+    return correct, total
+
+
 def accuracy(network: torch.nn.Module, loader: Iterable, weights: torch.Tensor | None,
              device: str | torch.device, channels_last: bool = False) -> float:
     """The (optionally weighted) fraction of `loader`'s examples that `network.predict` gets right.
 
-    A single output column is read as a binary logit (positive means class 1). `channels_last`
-    feeds 4-d inputs in NHWC layout, which oneDNN's CPU convolutions run markedly faster; it
-    changes no prediction beyond float rounding. The network is put back in training mode.
+    The network is evaluated in eval mode and put back in training mode afterwards.
     """
-    correct = total = 0.0
-    offset = 0
     network.eval()
     try:
-        with torch.inference_mode():
-            for x, y in loader:
-                x, y = x.to(device), y.to(device)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                logits = network.predict(x)
-                if logits.size(1) == 1:
-                    hits = logits.squeeze(1).gt(0).long().eq(y)
-                else:
-                    hits = logits.argmax(1).eq(y)
-                if weights is None:
-                    correct += hits.sum().item()
-                    total += len(x)
-                else:
-                    w = weights[offset:offset + len(x)].to(device)
-                    offset += len(x)
-                    correct += (hits.float() * w).sum().item()
-                    total += w.sum().item()
+        correct, total = count_correct(network, loader, weights, device, channels_last)
     finally:
         network.train()
     return correct / total
