@@ -187,3 +187,16 @@ def test_train_on_rotated_mnist(tmp_path, mnist_dir, algorithm):
     assert record["step"] == 0 and record["hparams"]["itl_omega"] == omega
     assert math.isfinite(record["loss"]) and (out / "done").exists()
     assert all(0 <= record[f"env{i}_{part}_acc"] <= 1 for i in range(6) for part in ("in", "out"))
+
+
+def test_train_refuses_a_bad_itl_omega_in_one_line(tmp_path, capsys):
+    from domainbed.scripts import train
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "Debug28", "--algorithm", "ERM_ITL", "--steps", "2",
+            "--output_dir", str(out), "--hparams", json.dumps({"itl_omega": [0.0] * 11})]
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "itl_omega must be a list of 12 numbers" in err and "fix --hparams" in err
+    assert not out.exists()

@@ -282,8 +282,12 @@ def train(args: argparse.Namespace) -> int:
         for i, (split, _) in enumerate(splits)}
 
     num_domains = len(dataset) - len(args.test_envs)
-    algorithm = algorithms.get_algorithm_class(args.algorithm)(
-        dataset.input_shape, dataset.num_classes, num_domains, hparams)
+    try:
+        algorithm = algorithms.get_algorithm_class(args.algorithm)(
+            dataset.input_shape, dataset.num_classes, num_domains, hparams)
+    except ValueError as err:  # a hyperparameter the algorithm cannot use, e.g. a bad itl_omega
+        raise UsageError(f"cannot build {args.algorithm} with these hyperparameters ({err}); "
+                         "fix --hparams") from err
     algorithm.to(device)
     streams = train_loaders + uda_loaders
 

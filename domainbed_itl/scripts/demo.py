@@ -10,12 +10,12 @@ Every stage is a real subprocess of the public command lines, so the demo double
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 from domainbed.data.mnist import ensure_mnist
+from domainbed_itl.scripts import compare_losses
 
 
 def _run(cmd: list[str]) -> None:
@@ -23,18 +23,6 @@ def _run(cmd: list[str]) -> None:
     completed = subprocess.run(cmd)
     if completed.returncode != 0:
         sys.exit(f"demo: step failed with exit code {completed.returncode}: {' '.join(cmd)}")
-
-
-def _final_record(run_dir: Path) -> dict:
-    lines = (run_dir / "results.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])
-
-
-def _table_row(name: str, record: dict, test_env: int, n_envs: int) -> str:
-    train_envs = [i for i in range(n_envs) if i != test_env]
-    val = sum(record[f"env{i}_out_acc"] for i in train_envs) / len(train_envs)
-    test = record[f"env{test_env}_in_acc"]
-    return f"| {name:<28} | {val:>17.3f} | {test:>15.3f} |"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,43 +37,23 @@ def main(argv: list[str] | None = None) -> None:
 
     out = Path(args.output_dir)
     ensure_mnist(args.data_dir)
-    py = sys.executable
 
     meta_dir = out / "meta"
-    _run([py, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
+    _run([sys.executable, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
           "--data_dir", args.data_dir, "--output_dir", str(meta_dir),
           "--exclude_envs", str(args.test_env),
           "--outer_steps", str(args.outer_steps), "--inner_steps", str(args.inner_steps)])
-    learned = json.loads((meta_dir / "learned_loss.json").read_text())
 
-    runs = {
-        "ERM (cross-entropy)": ("ERM", None),
-        "ERM_ITL (published, Tab. 8)": ("ERM_ITL", None),
-        "ERM_ITL (learned just now)": ("ERM_ITL", learned),
-    }
-    records = {}
-    for name, (algorithm, hparams) in runs.items():
-        run_dir = out / name.split(" ")[0].lower().replace("_", "-") / (
-            "learned" if hparams else "default")
-        cmd = [py, "-m", "domainbed.scripts.train", "--dataset", "RotatedMNIST",
-               "--algorithm", algorithm, "--data_dir", args.data_dir,
-               "--test_envs", str(args.test_env), "--steps", str(args.steps),
-               "--checkpoint_freq", str(args.steps), "--output_dir", str(run_dir),
-               "--skip_model_save"]
-        if hparams:
-            cmd += ["--hparams", json.dumps(hparams)]
-        _run(cmd)
-        records[name] = _final_record(run_dir)
-
-    n_envs = 6
+    compare_args = compare_losses.build_parser().parse_args([
+        "--data_dir", args.data_dir, "--output_dir", str(out / "erm"),
+        "--test_envs", str(args.test_env), "--steps", str(args.steps), "--quiet",
+        "--learned", f"learned just now={meta_dir / 'learned_loss.json'}"])
+    entries = [*compare_losses.BASELINES, *map(compare_losses.learned_entry, compare_args.learned)]
+    report = compare_losses.compare(compare_args, entries)
     print()
-    print(f"RotatedMNIST, test domain env{args.test_env}; REDUCED BUDGET: {args.steps} ERM steps "
-          f"(the benchmark's is 5000), meta-learning {args.outer_steps} outer steps of "
-          f"{args.inner_steps} inner steps (the paper's is 200 outer steps); one seed.")
-    print("| run                          | train-domain val. | test-domain acc |")
-    print("|------------------------------|-------------------|-----------------|")
-    for name, record in records.items():
-        print(_table_row(name, record, args.test_env, n_envs))
+    print(f"Meta-learning: REDUCED BUDGET, {args.outer_steps} outer steps of {args.inner_steps} "
+          "inner steps on the source domains only (the paper's is 200 outer steps).")
+    print(report)
 
 
 if __name__ == "__main__":
