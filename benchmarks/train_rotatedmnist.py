@@ -7,13 +7,14 @@ step come from the `step_time` the run itself writes to results.jsonl (data load
 Nothing in either engine is changed.
 
     python benchmarks/train_rotatedmnist.py --data_dir data
-    python benchmarks/train_rotatedmnist.py --data_dir data --upstream /tmp/upstream_domainbed \\
-        --upstream_steps 51 --upstream_checkpoint_freq 50 --upstream_pythonpath /tmp/upstream_extra
+    DOMAINBED_ITL_AUTOREGISTER=0 python benchmarks/train_rotatedmnist.py --data_dir data \\
+        --bf16 --upstream /tmp/upstream_domainbed --upstream_pythonpath /tmp/timm_site
 
 The public DomainBed is not installable: pass a clone of it. It imports `timm`, which this
 project does not need; `pip install --target DIR --no-deps timm` and pass DIR as
-`--upstream_pythonpath`. A 300-step upstream run takes a quarter of an hour on two cores, so
-`--upstream_steps` can shorten it; the table then also projects both runs to the same length.
+`--upstream_pythonpath`. DOMAINBED_ITL_AUTOREGISTER=0 keeps our import hook out of the public
+run. `--bf16` adds a column for ours with `--precision bf16`. `--upstream_steps` can shorten the
+upstream run; the table then also projects every run to the same length.
 """
 
 from __future__ import annotations
@@ -81,12 +82,12 @@ def timed_train(train_argv: list[str]) -> None:
 
 
 def run_engine(label: str, pythonpath: list[str], data_dir: str, steps: int,
-               checkpoint_freq: int | None, work_dir: Path) -> dict:
+               checkpoint_freq: int | None, work_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     output_dir = work_dir / label
     timings_path = work_dir / f"{label}_timings.json"
     train_argv = ["--data_dir", data_dir, "--dataset", "RotatedMNIST", "--algorithm", "ERM",
                   "--test_envs", "0", "--steps", str(steps), "--output_dir", str(output_dir),
-                  "--skip_model_save"]
+                  "--skip_model_save", *extra]
     if checkpoint_freq is not None:
         train_argv += ["--checkpoint_freq", str(checkpoint_freq)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath))
@@ -138,7 +139,8 @@ def checkpoints(steps: int, freq: int) -> int:
     return len({s for s in range(steps) if s % freq == 0} | {steps - 1})
 
 
-def table(ours: dict, upstream: dict | None, steps: int, freq: int) -> str:
+def table(columns: dict[str, dict], steps: int, freq: int) -> str:
+    """One column per run; with an upstream run, a ratio column per other run."""
     n_eval = checkpoints(steps, freq)
     rows = [
         ("engine", "engine", None),
@@ -153,25 +155,23 @@ def table(ours: dict, upstream: dict | None, steps: int, freq: int) -> str:
         ("env0_in_acc (test env) at the end", "test_acc", "{:.4f}"),
         ("1-minute load average after the run", "loadavg", "{:.1f}"),
     ]
-    header = "| figure | ours | upstream | upstream / ours |" if upstream else "| figure | ours |"
-    lines = [header, "|---" * (4 if upstream else 2) + "|"]
+    upstream = columns.get("upstream")
+    mine = [label for label in columns if label != "upstream"]
+    ratios = mine if upstream else []
+    header = ["figure", *columns, *(f"upstream / {label}" for label in ratios)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for title, key, fmt in rows:
-        def cell(figures, key=key, fmt=fmt):
-            value = figures[key]
-            return fmt.format(value) if fmt else str(value)
-        line = f"| {title} | {cell(ours)} |"
-        if upstream:
-            ratio = ""
-            if key in ("dataset_s", "step_s", "eval_s", "wall_s", "cpu_s") and ours[key] > 0:
-                ratio = f"{upstream[key] / ours[key]:.1f}x"
-            line += f" {cell(upstream)} | {ratio} |"
-        lines.append(line)
-    mine = projected_wall(ours, steps, n_eval)
-    line = f"| projected wall, {steps} steps, {n_eval} evaluations (s) | {mine:.0f} |"
-    if upstream:
-        theirs = projected_wall(upstream, steps, n_eval)
-        line += f" {theirs:.0f} | {theirs / mine:.1f}x |"
-    lines.append(line)
+        cells = [fmt.format(f[key]) if fmt else str(f[key]) for f in columns.values()]
+        for label in ratios:
+            ours = columns[label][key]
+            timed = key in ("dataset_s", "step_s", "eval_s", "wall_s", "cpu_s")
+            cells.append(f"{upstream[key] / ours:.1f}x" if timed and ours > 0 else "")
+        lines.append(f"| {title} | " + " | ".join(cells) + " |")
+    projected = {label: projected_wall(f, steps, n_eval) for label, f in columns.items()}
+    cells = [f"{value:.0f}" for value in projected.values()]
+    cells += [f"{projected['upstream'] / projected[label]:.1f}x" for label in ratios]
+    lines.append(f"| projected wall, {steps} steps, {n_eval} evaluations (s) | "
+                 + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -189,6 +189,8 @@ def main() -> None:
     parser.add_argument("--upstream_checkpoint_freq", type=int, help="default: --checkpoint_freq")
     parser.add_argument("--upstream_pythonpath", action="append", default=[],
                         help="extra import path for the upstream run (where timm lives)")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time ours with --precision bf16 (a third column)")
     parser.add_argument("--skip_ours", action="store_true",
                         help="time only the upstream run (then no table is printed)")
     parser.add_argument("--work_dir", help="where the runs write (default: a temporary folder)")
@@ -198,17 +200,21 @@ def main() -> None:
         sys.exit(f"--upstream {args.upstream} is not a clone of the public DomainBed")
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_rotatedmnist_"))
     work_dir.mkdir(parents=True, exist_ok=True)
-    ours = None
+    columns = {}
     if not args.skip_ours:
-        ours = run_engine("ours", [str(REPO_ROOT)], args.data_dir, args.steps,
-                          args.checkpoint_freq, work_dir)
-    upstream = None
+        columns["ours"] = run_engine("ours", [str(REPO_ROOT)], args.data_dir, args.steps,
+                                     args.checkpoint_freq, work_dir)
+        if args.bf16:
+            columns["ours bf16"] = run_engine(
+                "ours-bf16", [str(REPO_ROOT)], args.data_dir, args.steps, args.checkpoint_freq,
+                work_dir, ("--precision", "bf16"))
     if args.upstream:
-        upstream = run_engine("upstream", [args.upstream, *args.upstream_pythonpath],
-                              args.data_dir, args.upstream_steps or args.steps,
-                              args.upstream_checkpoint_freq or args.checkpoint_freq, work_dir)
-    if ours is not None:
-        print(table(ours, upstream, args.steps, args.checkpoint_freq))
+        columns["upstream"] = run_engine(
+            "upstream", [args.upstream, *args.upstream_pythonpath], args.data_dir,
+            args.upstream_steps or args.steps,
+            args.upstream_checkpoint_freq or args.checkpoint_freq, work_dir)
+    if not args.skip_ours:
+        print(table(columns, args.steps, args.checkpoint_freq))
     print(f"runs kept in {work_dir}")
 
 

@@ -48,7 +48,7 @@ def check_record_fields(record: dict, n_envs: int, argv_dict: dict) -> None:
     assert record["mem_gb"] >= 0
     for key, value in argv_dict.items():
         assert record["args"][key] == value
-    assert set(record["args"]) == UPSTREAM_ARG_KEYS
+    assert set(record["args"]) == UPSTREAM_ARG_KEYS | {"precision"}  # our one extra flag
 
 
 # --- end to end ---------------------------------------------------------------------------
@@ -410,3 +410,38 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_bf16_precision_trains_under_autocast_and_is_recorded(tmp_path):
+    """Same seed and data, fp32 against bf16: the bf16 run records its flag and finite values,
+    and its first loss differs by bfloat16 rounding (autocast really was on)."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision
+        argv = ["--dataset", "Debug28", "--algorithm", "ERM", "--steps", "3",
+                "--output_dir", str(out), "--skip_model_save", "--precision", precision]
+        assert train.main(argv) == 0
+        runs[precision] = read_records(out)
+    fp32, bf16 = runs["fp32"][0], runs["bf16"][0]
+    assert fp32["args"]["precision"] == "fp32" and bf16["args"]["precision"] == "bf16"
+    assert bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+    assert bf16["loss"] != fp32["loss"]
+    assert all(0 <= bf16[f"env{i}_{p}_acc"] <= 1 for i in range(3) for p in ("in", "out"))
+
+
+def test_autocast_reaches_every_evaluation_thread():
+    """Autocast is per thread: the evaluation workers must each see it."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def predict(self, x):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return torch.zeros(len(x), 2)
+
+    loaders = {f"env{i}_in": [(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))]
+               for i in range(4)}
+    train.evaluate(Probe(), loaders, "cpu", "bf16")
+    assert seen == [True] * 4
+    seen.clear()
+    train.evaluate(Probe(), loaders, "cpu", "fp32")
+    assert seen == [False] * 4

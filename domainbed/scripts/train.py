@@ -44,6 +44,7 @@ RESULTS_FILE = "results.jsonl"
 
 # Evaluation batch size. Upstream uses 64 too; larger batches were not faster on CPU here.
 EVAL_BATCH_SIZE = 64
+PRECISIONS = ("fp32", "bf16")
 
 
 class UsageError(Exception):
@@ -79,7 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for domain adaptation, the share of each test env given unlabelled")
     parser.add_argument("--skip_model_save", action="store_true")
     parser.add_argument("--save_model_every_checkpoint", action="store_true")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: bfloat16 autocast in training steps and evaluation, about "
+                             "2.5x faster on CPUs with AMX; not a public DomainBed flag, and its "
+                             "numbers differ from fp32 by rounding (default: fp32)")
     return parser
+
+
+def autocast(precision: str, device: str) -> torch.autocast:
+    """The mixed-precision context of a run; a no-op for fp32.
+
+    Autocast state is per thread, so every evaluation thread enters its own.
+    """
+    return torch.autocast("cuda" if device == "cuda" else "cpu", dtype=torch.bfloat16,
+                          enabled=precision == "bf16")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -216,7 +230,7 @@ def open_log(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
 
 
 def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader],
-             device: str) -> dict[str, float]:
+             device: str, precision: str = "fp32") -> dict[str, float]:
     """`<split>_acc` for every split.
 
     On CPU the splits are shared among as many Python threads as torch has intra-op threads,
@@ -231,11 +245,13 @@ def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader]
     try:
         if workers > 1:
             torch.set_num_threads(1)
+        def count(loader: FastDataLoader) -> tuple[float, float]:
+            with autocast(precision, device):
+                return misc.count_correct(algorithm, loader, None, device,
+                                          channels_last=device == "cpu")
+
         with ThreadPoolExecutor(workers) as pool:
-            counts = list(pool.map(
-                lambda loader: misc.count_correct(algorithm, loader, None, device,
-                                                  channels_last=device == "cpu"),
-                loaders.values()))
+            counts = list(pool.map(count, loaders.values()))
     finally:
         torch.set_num_threads(threads)
         algorithm.train()
@@ -328,7 +344,8 @@ def train(args: argparse.Namespace) -> int:
         unlabeled = None
         if args.task == "domain_adaptation":
             unlabeled = [x.to(device) for x, _ in next(uda_batches)]
-        step_vals = algorithm.update(minibatches, unlabeled)
+        with autocast(args.precision, device):
+            step_vals = algorithm.update(minibatches, unlabeled)
         window["step_time"].append(time.time() - step_start)
         for key, value in step_vals.items():
             window[key].append(value)
@@ -337,7 +354,7 @@ def train(args: argparse.Namespace) -> int:
             results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in window.items():
                 results[key] = float(np.mean(values))
-            results.update(evaluate(algorithm, eval_loaders, device))
+            results.update(evaluate(algorithm, eval_loaders, device, args.precision))
             results["mem_gb"] = (torch.cuda.max_memory_allocated() / 2**30
                                  if device == "cuda" else 0.0)
 
