@@ -239,17 +239,17 @@ def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader]
     MNIST images in 6.5 s while one thread took 2.1 s; independent threads keep both cores
     busy without waiting on each other, also when other jobs share the machine.
     """
+    def count(loader: FastDataLoader) -> tuple[float, float]:
+        with autocast(precision, device):
+            return misc.count_correct(algorithm, loader, None, device,
+                                      channels_last=device == "cpu")
+
     threads = torch.get_num_threads()
     workers = threads if device == "cpu" else 1
     algorithm.eval()
     try:
         if workers > 1:
             torch.set_num_threads(1)
-        def count(loader: FastDataLoader) -> tuple[float, float]:
-            with autocast(precision, device):
-                return misc.count_correct(algorithm, loader, None, device,
-                                          channels_last=device == "cpu")
-
         with ThreadPoolExecutor(workers) as pool:
             counts = list(pool.map(count, loaders.values()))
     finally:

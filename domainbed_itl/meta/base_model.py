@@ -9,7 +9,7 @@ a layer is one `addmm` with no transpose.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -39,14 +39,15 @@ def init_mlp(
     return params
 
 
-def mlp_forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+def mlp_forward(params: Params, x: torch.Tensor,
+                activation: Callable[[torch.Tensor], torch.Tensor] = torch.relu) -> torch.Tensor:
     """Logits of the MLP for a batch of flattened inputs (N x widths[0])."""
     h = x
     last = len(params) - 2
     for i in range(0, len(params), 2):
         h = torch.addmm(params[i + 1], h, params[i])
         if i < last:
-            h = torch.relu(h)
+            h = activation(h)
     return h
 
 

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from domainbed_itl.meta.base_model import Params, init_mlp
+from domainbed_itl.meta.base_model import Params, init_mlp, mlp_forward
 from domainbed_itl.meta.families import TaylorFamily
 from domainbed_itl.meta.hypergrad import (
     _objectives,
@@ -52,12 +52,7 @@ DTYPE = torch.float64
 def smooth_mlp_forward(params: Params, x: torch.Tensor) -> torch.Tensor:
     """The base model's MLP with tanh instead of ReLU: ReLU's kinks keep L-BFGS from reaching a
     stationary point (the gradient norm stalls near 1e-2), and the IFT needs one."""
-    h = x
-    for i in range(0, len(params), 2):
-        h = torch.addmm(params[i + 1], h, params[i])
-        if i < len(params) - 2:
-            h = torch.tanh(h)
-    return h
+    return mlp_forward(params, x, activation=torch.tanh)
 
 
 def load_mnist_small(data_dir: str, n_train: int, n_val: int) -> tuple[torch.Tensor, ...]:

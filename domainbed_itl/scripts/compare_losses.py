@@ -69,12 +69,12 @@ def train_command(entry: Entry, args: argparse.Namespace, test_env: int, trial: 
     return cmd
 
 
-def run(cmd: list[str], quiet: bool) -> None:
-    """Run one training job; its own out.txt/err.txt keep the full log either way."""
+def run(cmd: list[str], quiet: bool = False, prog: str = "compare_losses") -> None:
+    """Run one job, echoing its command; a failure ends the caller with one line naming it."""
     print("$", " ".join(cmd), flush=True)
     completed = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None)
     if completed.returncode != 0:
-        sys.exit(f"compare_losses: a run failed (exit {completed.returncode}): {' '.join(cmd)}")
+        sys.exit(f"{prog}: a step failed (exit {completed.returncode}): {' '.join(cmd)}")
 
 
 def final_record(run_dir: Path) -> dict:
@@ -89,14 +89,16 @@ def mean_se(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * math.sqrt(var / len(values)):.1f}"
 
 
-def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry], test_envs: list[int],
-          n_envs: int) -> str:
+def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry],
+          test_envs: list[int]) -> str:
     """Test-domain accuracy (%) of the last checkpoint per test domain, and the average.
 
     The last checkpoint is what DomainBed's training-domain validation keeps from a run with fixed
     hyperparameters; the train-domain validation column is the mean over runs of the source
     domains' `out` accuracy, the figure that selection would compare.
     """
+    some_record = next(iter(results.values()))[0]
+    n_envs = sum(1 for key in some_record if key.startswith("env") and key.endswith("_in_acc"))
     head = "| loss | " + " | ".join(f"env{e} (test)" for e in test_envs)
     head += " | avg | train-domain val |"
     lines = [head, "|---" * (len(test_envs) + 3) + "|"]
@@ -121,18 +123,15 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
     jobs = [(entry, env, trial) for entry in entries for env in args.test_envs
             for trial in args.trial_seeds]
     results: dict[tuple[str, int], list[dict]] = {}
-    n_envs = None
     for entry, env, trial in tqdm(jobs, desc="runs", unit="run", file=sys.stdout):
         run_dir = out / entry.slug / f"env{env}_trial{trial}"
         if not (run_dir / "done").exists():
             run(train_command(entry, args, env, trial, run_dir), args.quiet)
-        record = final_record(run_dir)
-        n_envs = sum(1 for key in record if key.endswith("_in_acc") and key.startswith("env"))
-        results.setdefault((entry.name, env), []).append(record)
+        results.setdefault((entry.name, env), []).append(final_record(run_dir))
     budget = (f"{args.dataset}, REDUCED BUDGET: {args.steps} ERM steps per run (DomainBed's is "
               f"5000), default hyperparameters, trial seeds {args.trial_seeds}; test-domain "
               "accuracy (%) at the last step, mean ± standard error over trials")
-    report = budget + "\n\n" + table(results, entries, args.test_envs, n_envs) + "\n"
+    report = budget + "\n\n" + table(results, entries, args.test_envs) + "\n"
     atomic.write_text(out / "table.md", report)
     return report
 
@@ -154,10 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entries(args: argparse.Namespace) -> list[Entry]:
+    """The baselines, then one row per `--learned`."""
+    return [*BASELINES, *(learned_entry(spec) for spec in args.learned)]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    entries = [*BASELINES, *(learned_entry(spec) for spec in args.learned)]
-    print(compare(args, entries))
+    print(compare(args, entries(args)))
 
 
 if __name__ == "__main__":

@@ -10,19 +10,11 @@ Every stage is a real subprocess of the public command lines, so the demo double
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
 from domainbed.data.mnist import ensure_mnist
 from domainbed_itl.scripts import compare_losses
-
-
-def _run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    completed = subprocess.run(cmd)
-    if completed.returncode != 0:
-        sys.exit(f"demo: step failed with exit code {completed.returncode}: {' '.join(cmd)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,17 +31,18 @@ def main(argv: list[str] | None = None) -> None:
     ensure_mnist(args.data_dir)
 
     meta_dir = out / "meta"
-    _run([sys.executable, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
-          "--data_dir", args.data_dir, "--output_dir", str(meta_dir),
-          "--exclude_envs", str(args.test_env),
-          "--outer_steps", str(args.outer_steps), "--inner_steps", str(args.inner_steps)])
+    compare_losses.run(
+        [sys.executable, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
+         "--data_dir", args.data_dir, "--output_dir", str(meta_dir),
+         "--exclude_envs", str(args.test_env),
+         "--outer_steps", str(args.outer_steps), "--inner_steps", str(args.inner_steps)],
+        prog="demo")
 
     compare_args = compare_losses.build_parser().parse_args([
         "--data_dir", args.data_dir, "--output_dir", str(out / "erm"),
         "--test_envs", str(args.test_env), "--steps", str(args.steps), "--quiet",
         "--learned", f"learned just now={meta_dir / 'learned_loss.json'}"])
-    entries = [*compare_losses.BASELINES, *map(compare_losses.learned_entry, compare_args.learned)]
-    report = compare_losses.compare(compare_args, entries)
+    report = compare_losses.compare(compare_args, compare_losses.entries(compare_args))
     print()
     print(f"Meta-learning: REDUCED BUDGET, {args.outer_steps} outer steps of {args.inner_steps} "
           "inner steps on the source domains only (the paper's is 200 outer steps).")
