@@ -31,12 +31,22 @@ def test_compare_runs_each_loss_and_tabulates_the_last_records(tmp_path, capsys)
     expected = 100 * sum(r["env2_in_acc"] for r in half) / 2
     assert rows[2].split(" | ")[1].startswith(f"{expected:.1f} ± ")
     assert report.rstrip().endswith((out / "table.md").read_text().strip())
+    assert all(r["args"]["precision"] == "fp32" for r in half)
 
     # A second call finds every run done and trains nothing.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.jsonl")}
     compare_losses.main(argv)
     assert "$ " not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.jsonl")} == stamps
+
+
+def test_precision_reaches_every_run_and_the_table(tmp_path, capsys):
+    out = tmp_path / "compare"
+    compare_losses.main(["--dataset", "Debug28", "--output_dir", str(out), "--test_envs", "0",
+                         "--steps", "2", "--quiet", "--precision", "bf16"])
+    records = [json.loads(p.read_text().splitlines()[-1]) for p in out.glob("*/*/results.jsonl")]
+    assert len(records) == 2 and all(r["args"]["precision"] == "bf16" for r in records)
+    assert "bf16" in (out / "table.md").read_text().splitlines()[0]
 
 
 def test_a_learned_file_without_omega_is_refused(tmp_path):

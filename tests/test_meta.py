@@ -221,6 +221,23 @@ def test_nan_hypergradient_is_skipped_and_the_last_update_rolled_back(rmnist, mo
     assert trainer.lr_scale == 0.5 and torch.isfinite(trainer.w).all()
 
 
+def test_relative_step_scale_multiplies_each_coordinates_step_by_its_size(rmnist):
+    data = small_domain_set(rmnist)
+    cfg = MetaConfig(hidden=(16,), inner_steps=20, hessian_batch=32, val_batch=64,
+                     neumann_terms=2)
+    family = TaylorFamily(4)
+    w0 = initial_w(family, "ce_like", 10, torch.Generator().manual_seed(0))
+    steps = {}
+    for scale in ("absolute", "relative"):
+        trainer = MetaTrainer(data, family, cfg, w0, step_scale=scale)
+        assert not trainer.outer_step()["skipped"]
+        steps[scale] = trainer.w.detach() - w0
+    # Same seeds, same w: the same hypergradient, so only the applied step differs.
+    size = w0.abs().clamp(min=1.0)
+    assert size.max() > 50  # the CE-like start spans orders of magnitude
+    torch.testing.assert_close(steps["relative"], size * steps["absolute"], rtol=1e-4, atol=1e-5)
+
+
 def test_cli_stops_after_repeated_skips_without_writing_nonfinite_w(
     tmp_path, mnist_dir, cached_loader, capsys
 ):

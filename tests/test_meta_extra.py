@@ -64,7 +64,7 @@ def test_exclude_envs_meta_trains_on_the_rest_and_is_part_of_the_config(
 
 
 def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
-    tmp_path, mnist_dir, cached_loader
+    tmp_path, mnist_dir, cached_loader, capsys
 ):
     out = tmp_path / "cma"
     base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
@@ -90,10 +90,24 @@ def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
     ift = tmp_path / "ift"
     assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(ift), *TINY_IFT,
                               "--outer_steps", "2", "--exclude_envs", "0", "1", "2"]) == 0
-    assert compare_curves.read_curve(ift)["x"] == [3, 6]
+    curve = compare_curves.read_curve(ift)
+    assert curve["x"] == [3, 6]
+    steps = _records(ift / "log.jsonl")
+    assert curve["seconds"] == pytest.approx([steps[0]["seconds"],
+                                              steps[0]["seconds"] + steps[1]["seconds"]])
     png = tmp_path / "fig4.png"
+    capsys.readouterr()
     assert compare_curves.main(["--runs", str(ift), str(out), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
+    table = capsys.readouterr().out
+    assert "| ift | implicit gradient | 2 | 6 |" in table
+    assert "| cma | CMA-ES | 3 | 27 |" in table
+    last = _records(out / "log.jsonl")[-1]
+    assert f"| {last['mean_held_out_acc']:.4f} |" in table
+    timed = tmp_path / "fig4_seconds.png"
+    assert compare_curves.main(["--runs", str(ift), str(out), "--out", str(timed),
+                                "--x", "seconds"]) == 0
+    assert timed.read_bytes()[:4] == b"\x89PNG"
     assert compare_curves.main(["--runs", str(tmp_path), "--out", str(png)]) == 2
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import cma
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib.misc import seed_hash
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                  "best": (math.inf, w0.tolist(), None)}
     es, records = saved["es"], saved["records"]
     rewrite_log(out / LOG, records)
+    bar = tqdm(total=args.budget, initial=saved["spent"], desc="inner trainings",
+               dynamic_ncols=True)
     while saved["spent"] + popsize * n_domains <= args.budget:
         start = time.perf_counter()
         generation = len(records)
@@ -185,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         rewrite_log(out / LOG, records)
         atomic_write_json(out / LEARNED,
                           family.hparams(torch.tensor(saved["best"][1], dtype=torch.float64)))
-        print(f"generation {generation}: {saved['spent']} inner trainings, best held-out acc "
-              f"{records[-1]['best_held_out_acc']}", file=sys.stderr)
+        bar.update(popsize * n_domains)
+        best = records[-1]["best_held_out_acc"]
+        bar.set_postfix(generation=generation,
+                        best_held_out="diverged" if best is None else f"{best:.4f}")
+    bar.close()
     return 0
 
 

@@ -7,55 +7,89 @@ Inner trainings are the common currency because they dominate both methods' cost
 implicit-gradient outer step trains one model per held-out domain, as does every CMA-ES
 candidate. For an implicit-gradient run the count after step k is (k + 1) * n_domains; a CMA-ES
 log records it directly. CMA-ES is drawn with its generation's best and mean candidate.
+`--x seconds` plots against wall-clock time instead, which charges the implicit gradient its
+Hessian-vector products too. The script also prints a Markdown summary of every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from domainbed_itl.meta.state import atomic_write_bytes
+
+X_LABELS = {"trainings": "inner-loop trainings spent", "seconds": "wall-clock seconds"}
 
 
 def read_curve(run_dir: Path) -> dict[str, Any]:
-    """{'kind', 'x', 'y', 'y_mean'} from a run's log.jsonl, whichever trainer wrote it."""
+    """{'kind', 'x', 'seconds', 'y', 'y_mean'} from a run's log.jsonl, whichever trainer wrote
+    it; 'seconds' is cumulative. Steps without an accuracy (a diverged inner loop) are None."""
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise ValueError(f"{path} does not exist; pass meta-training output directories")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not records:
         raise ValueError(f"{path} is empty")
+    seconds = list(itertools.accumulate(r["seconds"] for r in records))
     if "inner_trainings" in records[0]:
         return {"kind": "CMA-ES", "x": [r["inner_trainings"] for r in records],
-                "y": [r["best_held_out_acc"] for r in records],
+                "seconds": seconds, "y": [r["best_held_out_acc"] for r in records],
                 "y_mean": [r["mean_held_out_acc"] for r in records]}
     if "held_out_accs" in records[0]:
         n = len(records[0]["held_out_accs"])
         return {"kind": "implicit gradient", "x": [(r["step"] + 1) * n for r in records],
-                "y": [r["held_out_acc"] for r in records], "y_mean": None}
+                "seconds": seconds, "y": [r["held_out_acc"] for r in records], "y_mean": None}
     raise ValueError(f"{path} is neither a domainbed_itl.meta.train nor a cmaes log")
 
 
-def plot(curves: list[tuple[str, dict[str, Any]]], out: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def plot(curves: list[tuple[str, dict[str, Any]]], out: Path, x: str = "trainings") -> None:
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    key = "x" if x == "trainings" else "seconds"
     for label, c in curves:
-        (line,) = ax.plot(c["x"], c["y"], marker=".", label=f"{c['kind']} ({label})")
+        (line,) = ax.plot(c[key], _nan(c["y"]), marker=".", label=f"{c['kind']} ({label})")
         if c["y_mean"] is not None:
-            ax.plot(c["x"], c["y_mean"], linestyle="--", color=line.get_color(),
+            ax.plot(c[key], _nan(c["y_mean"]), linestyle="--", color=line.get_color(),
                     label=f"{c['kind']} ({label}), generation mean")
-    ax.set_xlabel("inner-loop trainings spent")
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("mean held-out accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(Path(out), buffer.getvalue())
+
+
+def summary(curves: list[tuple[str, dict[str, Any]]]) -> str:
+    """A Markdown table: budget spent, and held-out accuracy at the first and last point, its
+    best, and (for CMA-ES) the last generation's mean, so a reader gets the figure's numbers."""
+    rows = ["| run | kind | points | inner trainings | seconds | first | last | best "
+            "| last generation mean |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, c in curves:
+        ys = [y for y in c["y"] if y is not None]
+        mean = "" if c["y_mean"] is None else _fmt(c["y_mean"][-1])
+        rows.append(f"| {label} | {c['kind']} | {len(c['x'])} | {c['x'][-1]} "
+                    f"| {c['seconds'][-1]:.0f} | {_fmt(c['y'][0])} | {_fmt(c['y'][-1])} "
+                    f"| {_fmt(max(ys) if ys else None)} | {mean} |")
+    return "\n".join(rows)
+
+
+def _nan(values: list[float | None]) -> list[float]:
+    return [float("nan") if v is None else v for v in values]
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,13 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", nargs="+", required=True, help="output directories of runs")
     p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--x", default="trainings", choices=tuple(X_LABELS),
+                   help="horizontal axis: inner trainings spent (the paper's) or seconds")
     args = p.parse_args(argv)
     try:
         curves = [(Path(r).name, read_curve(Path(r))) for r in args.runs]
     except (ValueError, json.JSONDecodeError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    plot(curves, Path(args.out))
+    plot(curves, Path(args.out), args.x)
+    print(summary(curves))
     return 0
 
 

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outer_steps", type=int, default=200)
     p.add_argument("--outer_lr", type=float, default=0.01)
     p.add_argument("--outer_optimizer", default="adam", choices=("adam", "sgd"))
+    p.add_argument("--outer_step_scale", default="absolute", choices=("absolute", "relative"),
+                   help="relative: coordinate i's outer step is multiplied by max(|w0_i|, 1), "
+                   "as CMA-ES's --sigma0 is; the CE-like start has coefficients near 100, "
+                   "which an absolute step of lr 0.01 barely moves")
     p.add_argument("--surgery", default="pcgrad", choices=METHODS)
     p.add_argument("--hidden", type=int, nargs="+", default=list(defaults.hidden),
                    help="hidden widths of the MLP base model")
@@ -197,10 +201,15 @@ class MetaTrainer:
         optimizer: str = "adam",
         outer_lr: float = 0.01,
         surgery: str = "pcgrad",
+        step_scale: str = "absolute",
     ) -> None:
         self.data, self.family, self.cfg = data, family, cfg
         self.outer_lr, self.surgery = outer_lr, surgery
         self.w = torch.nn.Parameter(require_finite(w0.detach().clone().float(), "initial w"))
+        # The optimisers' state depends on gradients only, so scaling the applied update is a
+        # per-coordinate learning rate.
+        self.step_scale = (w0.detach().abs().float().clamp(min=1.0)
+                           if step_scale == "relative" else None)
         self.opt = make_optimizer(optimizer, self.w, outer_lr)
         self.step = 0
         self.lr_scale = 1.0
@@ -258,6 +267,9 @@ class MetaTrainer:
             self.w.grad = h.to(self.w)
             self.opt.step()
             self.w.grad = None
+            if self.step_scale is not None:
+                with torch.no_grad():
+                    self.w.copy_(before["w"] + self.step_scale * (self.w - before["w"]))
             if all_finite(self.w):
                 self.rollback = before
                 self.consecutive_skips = 0
@@ -301,6 +313,8 @@ def run_config(args: argparse.Namespace, family: LossFamily, w0: torch.Tensor) -
     config.pop("exclude_envs", None)
     if args.exclude_envs:
         config["exclude_envs"] = sorted(args.exclude_envs)
+    if config["outer_step_scale"] == "absolute":
+        del config["outer_step_scale"]
     config["family_spec"] = family.spec()
     config["w0"] = [float(v) for v in w0]
     return config
@@ -341,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = meta_config(args)
     data = make_domain_set(domains, num_classes, cfg.eval_examples, args.seed, args.device)
     trainer = MetaTrainer(data, family, cfg, w0, args.outer_optimizer, args.outer_lr,
-                          args.surgery)
+                          args.surgery, args.outer_step_scale)
     if saved is not None:
         trainer.load_state_dict(saved)
         rewrite_log(out / LOG, trainer.records)

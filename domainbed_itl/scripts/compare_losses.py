@@ -64,6 +64,8 @@ def train_command(entry: Entry, args: argparse.Namespace, test_env: int, trial: 
            "--seed", str(args.seed), "--steps", str(args.steps),
            "--checkpoint_freq", str(args.checkpoint_freq or args.steps),
            "--output_dir", str(run_dir), "--skip_model_save"]
+    if args.precision != "fp32":
+        cmd += ["--precision", args.precision]
     if entry.hparams:
         cmd += ["--hparams", json.dumps(entry.hparams)]
     return cmd
@@ -129,8 +131,9 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
             run(train_command(entry, args, env, trial, run_dir), args.quiet)
         results.setdefault((entry.name, env), []).append(final_record(run_dir))
     budget = (f"{args.dataset}, REDUCED BUDGET: {args.steps} ERM steps per run (DomainBed's is "
-              f"5000), default hyperparameters, trial seeds {args.trial_seeds}; test-domain "
-              "accuracy (%) at the last step, mean ± standard error over trials")
+              f"5000), default hyperparameters, trial seeds {args.trial_seeds}, "
+              f"{args.precision}; test-domain accuracy (%) at the last step, mean ± standard "
+              "error over trials")
     report = budget + "\n\n" + table(results, entries, args.test_envs) + "\n"
     atomic.write_text(out / "table.md", report)
     return report
@@ -147,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--checkpoint_freq", type=int,
                         help="default: --steps (evaluate only at the first and last step)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="passed to train: bf16 autocast is ~2.5x faster on CPUs with "
+                        "bf16 units")
     parser.add_argument("--learned", action="append", default=[], metavar="NAME=FILE",
                         help="a learned_loss.json to deploy with ERM_ITL (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="hide the runs' own stdout")
