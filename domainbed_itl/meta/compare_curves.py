@@ -14,17 +14,13 @@ Hessian-vector products too. The script also prints a Markdown summary of every 
 from __future__ import annotations
 
 import argparse
-import io
 import itertools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
-from domainbed_itl.meta.state import atomic_write_bytes
+from domainbed_itl.meta.plot import new_figure, write_png
 
 X_LABELS = {"trainings": "inner-loop trainings spent", "seconds": "wall-clock seconds"}
 
@@ -51,8 +47,7 @@ def read_curve(run_dir: Path) -> dict[str, Any]:
 
 
 def plot(curves: list[tuple[str, dict[str, Any]]], out: Path, x: str = "trainings") -> None:
-    fig = Figure(figsize=(6, 4), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = new_figure()
     ax = fig.add_subplot()
     key = "x" if x == "trainings" else "seconds"
     for label, c in curves:
@@ -65,9 +60,7 @@ def plot(curves: list[tuple[str, dict[str, Any]]], out: Path, x: str = "training
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(Path(out), buffer.getvalue())
+    write_png(fig, out)
 
 
 def summary(curves: list[tuple[str, dict[str, Any]]]) -> str:

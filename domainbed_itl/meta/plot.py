@@ -17,11 +17,24 @@ from matplotlib.figure import Figure
 from domainbed_itl.meta.state import atomic_write_bytes
 
 
+def new_figure() -> Figure:
+    """A 6 x 4 inch figure on its own Agg canvas (no pyplot state)."""
+    fig = Figure(figsize=(6, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def write_png(fig: Figure, path: Path) -> None:
+    """Render and write atomically, so a killed run never leaves half a PNG."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
 def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
     """Write a PNG of inner and held-out accuracy against the outer step; skipped steps (no
     update) are marked on the held-out curve."""
-    fig = Figure(figsize=(6, 4), dpi=120)
-    FigureCanvasAgg(fig)
+    fig = new_figure()
     ax = fig.add_subplot()
     steps = [r["step"] for r in records]
     ax.plot(steps, [_value(r, "inner_acc") for r in records],
@@ -37,9 +50,7 @@ def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: st
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    write_png(fig, path)
 
 
 def _value(record: dict[str, Any], key: str) -> float:

@@ -60,6 +60,9 @@ LEARNED = "learned_loss.json"
 CURVE = "learning_curve.png"
 # Settings that may change between the pieces of one resumed run.
 OPERATIONAL = ("outer_steps", "device", "threads", "max_skips", "data_dir", "output_dir")
+# Settings added after runs had been saved: recorded only when not at their default, so those
+# checkpoints still resume.
+LATER_SETTINGS: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,12 +312,10 @@ def run_config(args: argparse.Namespace, family: LossFamily, w0: torch.Tensor) -
     with the starting w by value (an --init file could have changed)."""
     config = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
     config["hidden"] = list(args.hidden)
-    # Only recorded when used, so checkpoints written before the flag existed still resume.
-    config.pop("exclude_envs", None)
-    if args.exclude_envs:
-        config["exclude_envs"] = sorted(args.exclude_envs)
-    if config["outer_step_scale"] == "absolute":
-        del config["outer_step_scale"]
+    config["exclude_envs"] = sorted(args.exclude_envs)
+    for key, default in LATER_SETTINGS.items():
+        if config[key] == default:
+            del config[key]
     config["family_spec"] = family.spec()
     config["w0"] = [float(v) for v in w0]
     return config
