@@ -14,12 +14,25 @@ import sys
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
 import tqdm
 
 from domainbed.lib.query import Q
 
 RESULTS_FILE = "results.jsonl"
 _REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
+
+
+def standard_error(values: Any) -> float:
+    """The standard error every table of this project reports: DomainBed's definition.
+
+    Population standard deviation (ddof 0) over sqrt(n), so that our tables and the public
+    DomainBed's agree digit for digit on the same runs. One value gives 0, not NaN.
+    """
+    array = np.asarray(list(values), dtype=float)
+    if array.size == 0:
+        raise ValueError("standard_error of no values")
+    return float(np.std(array) / np.sqrt(array.size))
 
 
 def _warn(message: str) -> None:
