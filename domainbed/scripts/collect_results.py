@@ -42,14 +42,14 @@ PUBLIC_DATASET_ORDER = (
 def format_mean(data: Sequence[float], latex: bool) -> tuple[float | None, float | None, str]:
     """(mean, standard error, text) of accuracies in [0, 1], as percentages.
 
-    The error is the population standard deviation over sqrt(n), as the public tables use;
-    an empty cell is "X".
+    The error is `reporting.standard_error`, the one definition every table of the project
+    uses (the public tables': population standard deviation over sqrt(n)); an empty cell is "X".
     """
     values = list(data)
     if not values:
         return None, None, "X"
     mean = 100 * float(np.mean(values))
-    err = 100 * float(np.std(np.asarray(values) / np.sqrt(len(values))))
+    err = 100 * reporting.standard_error(values)
     plus_minus = "$\\pm$" if latex else "+/-"
     return mean, err, f"{mean:.1f} {plus_minus} {err:.1f}"
 
