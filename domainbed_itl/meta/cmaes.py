@@ -13,15 +13,16 @@ on equal terms.
 
 Outputs, rewritten after every generation: log.jsonl (cumulative inner trainings, best and mean
 held-out accuracy and fitness of the generation, sigma), learned_loss.json (the best candidate
-seen so far) and state.pkl (the pickled search, for resuming). Rerunning the same command
-resumes; other settings (except --budget and --threads) are refused.
+seen so far) and state.json (every generation's candidates and fitness values, from which
+`cma_state.replay` rebuilds the optimizer exactly). Rerunning the same command resumes; other
+settings (except --budget and --threads) are refused. Nothing in the output directory is ever
+unpickled: a state.pkl from an earlier version is refused, not loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib.misc import seed_hash
+from domainbed.lib.output_dir import check_output_dir, make_output_dir
+from domainbed_itl.meta.cma_state import Generation, SearchState, read_state, replay
 from domainbed_itl.meta.families import INIT_PRESETS, LossFamily, initial_w, make_family
 from domainbed_itl.meta.outer import DomainSet, MetaConfig, leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.state import (
@@ -47,7 +50,9 @@ from domainbed_itl.meta.train import drop_envs, load_domains
 
 LOG = "log.jsonl"
 LEARNED = "learned_loss.json"
-STATE = "state.pkl"
+STATE = "state.json"
+# What earlier versions saved; never loaded, since unpickling a file can run any code.
+LEGACY_STATE = "state.pkl"
 OPERATIONAL = ("budget", "threads", "data_dir", "output_dir")
 # Fitness of a candidate whose inner loops diverged: worse than any finite outcome.
 DIVERGED = 1e6
@@ -109,9 +114,28 @@ def _config(args: argparse.Namespace, family: LossFamily, w0: torch.Tensor) -> d
     return config
 
 
-def _load_state(path: Path) -> dict[str, Any] | None:
-    # Our own file, written by this module in this output directory.
-    return pickle.loads(path.read_bytes()) if path.exists() else None
+def new_strategy(start: np.ndarray, sigma0: float, popsize: int,
+                 seed: int) -> cma.CMAEvolutionStrategy:
+    """The optimizer of a fresh search. It samples from its own generator (the same stream
+    pycma's `seed` option would put into numpy's global one), so nothing else that draws from
+    numpy can shift it, and a replay reproduces it exactly."""
+    rng = np.random.RandomState(seed_hash(seed, "cma") % 2**31 + 1)
+    return cma.CMAEvolutionStrategy(start, sigma0, {
+        "popsize": popsize, "seed": np.nan, "randn": rng.randn, "verbose": -9,
+        "CMA_stds": np.maximum(np.abs(start), 1.0)})
+
+
+def load_state(out: Path, n_params: int) -> SearchState | None:
+    """The saved search in `out`, None for a new one; refuses what it must not load."""
+    if (out / LEGACY_STATE).exists():
+        raise ConfigMismatchError(
+            f"{out / LEGACY_STATE} is a pickled search from an earlier version and is never "
+            "loaded (unpickling can run code); choose a new --output_dir, or remove "
+            f"{LEGACY_STATE} and {LOG} from {out} to start the search over there")
+    saved = read_state(out / STATE, n_params)
+    if saved is None and (out / LOG).exists():
+        raise ConfigMismatchError(f"{out} holds a log but no {STATE}; choose a new --output_dir")
+    return saved
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,58 +147,52 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--budget and --inner_steps must be >= 1, --sigma0 > 0, "
                              "--popsize >= 0")
         family = make_family(args.family, args.order)
+        out = check_output_dir(args.output_dir)
+        saved = load_state(out, family.n_params)
         domains, num_classes = load_domains(args.dataset, args.data_dir, args.seed)
         domains = drop_envs(domains, args.exclude_envs)
         w0 = initial_w(family, args.init, num_classes,
                        torch.Generator().manual_seed(seed_hash(args.seed, "init")))
         config = _config(args, family, w0)
-        out = Path(args.output_dir)
-        saved = _load_state(out / STATE)
         if saved is not None:
-            check_config(saved["config"], config)
-        elif (out / LOG).exists():
-            raise ConfigMismatchError(f"{out} holds a log but no {STATE}; choose a new "
-                                      "--output_dir")
+            check_config(saved.config, config)
         n_domains = len(domains)
         popsize = args.popsize or 4 + int(3 * math.log(family.n_params))
         if args.budget < popsize * n_domains:
             raise ValueError(f"--budget {args.budget} is below one generation "
                              f"({popsize} candidates x {n_domains} domains)")
-    except (ValueError, DataUnavailableError, ConfigMismatchError) as err:
+        state = saved or SearchState(config)
+        es = replay(lambda: new_strategy(w0.double().numpy(), args.sigma0, popsize, args.seed),
+                    state.generations)
+        make_output_dir(out)
+    except (ValueError, DataUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    out.mkdir(parents=True, exist_ok=True)
     cfg = MetaConfig(hidden=tuple(args.hidden), inner_steps=args.inner_steps,
                      inner_lr=args.inner_lr, inner_batch=args.inner_batch,
                      val_batch=args.val_batch, eval_examples=args.eval_examples, seed=args.seed)
     data = make_domain_set(domains, num_classes, cfg.eval_examples, args.seed)
-    if saved is None:
-        start = w0.double().numpy()
-        es = cma.CMAEvolutionStrategy(start, args.sigma0, {
-            "popsize": popsize, "seed": seed_hash(args.seed, "cma") % 2**31 + 1,
-            "verbose": -9, "CMA_stds": np.maximum(np.abs(start), 1.0)})
-        saved = {"config": config, "es": es, "records": [], "spent": 0,
-                 "best": (math.inf, w0.tolist(), None)}
-    es, records = saved["es"], saved["records"]
+    records = state.records
     rewrite_log(out / LOG, records)
-    bar = tqdm(total=args.budget, initial=saved["spent"], desc="inner trainings",
-               dynamic_ncols=True)
-    while saved["spent"] + popsize * n_domains <= args.budget:
+    per_generation = popsize * n_domains
+    spent = len(state.generations) * per_generation
+    bar = tqdm(total=args.budget, initial=spent, desc="inner trainings", dynamic_ncols=True)
+    while spent + per_generation <= args.budget:
         start = time.perf_counter()
         generation = len(records)
         candidates = es.ask()
         scored = [evaluate(data, w, family, cfg, generation, args.fitness) for w in candidates]
         es.tell(candidates, [f for f, _ in scored])
-        saved["spent"] += popsize * n_domains
+        spent += per_generation
+        state.generations.append(Generation([[float(v) for v in w] for w in candidates],
+                                            [float(f) for f, _ in scored],
+                                            [a for _, a in scored]))
         accs = [a for _, a in scored if a is not None]
         i_best = min(range(len(scored)), key=lambda i: scored[i][0])
-        if scored[i_best][0] < saved["best"][0]:
-            saved["best"] = (scored[i_best][0], [float(v) for v in candidates[i_best]],
-                             scored[i_best][1])
         records.append({
             "generation": generation,
-            "inner_trainings": saved["spent"],
+            "inner_trainings": spent,
             "best_fitness": scored[i_best][0],
             "mean_fitness": float(np.mean([f for f, _ in scored])),
             "best_held_out_acc": max(accs) if accs else None,
@@ -184,11 +202,11 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": round(time.perf_counter() - start, 3),
             "best_w": [float(v) for v in candidates[i_best]],
         })
-        atomic_write_bytes(out / STATE, pickle.dumps(saved))
+        atomic_write_bytes(out / STATE, state.to_json().encode())
         rewrite_log(out / LOG, records)
-        atomic_write_json(out / LEARNED,
-                          family.hparams(torch.tensor(saved["best"][1], dtype=torch.float64)))
-        bar.update(popsize * n_domains)
+        _, best_w, _ = state.best()
+        atomic_write_json(out / LEARNED, family.hparams(torch.tensor(best_w, dtype=torch.float64)))
+        bar.update(per_generation)
         best = records[-1]["best_held_out_acc"]
         bar.set_postfix(generation=generation,
                         best_held_out="diverged" if best is None else f"{best:.4f}")
