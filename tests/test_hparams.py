@@ -1,12 +1,23 @@
-"""Hyperparameter spaces: deterministic per seed, the public defaults, and random draws equal to
-the public distribution formulas evaluated by hand with NumPy."""
+"""Hyperparameter spaces: deterministic per seed, the public defaults, random draws equal to
+the public distribution formulas evaluated by hand with NumPy, and the rules that --hparams
+overrides are checked against."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from domainbed.hparams_registry import default_hparams, random_hparams
+from domainbed import algorithms
+from domainbed.hparams_registry import (
+    POSITIVE,
+    Bounds,
+    HParamSpace,
+    InvalidHParam,
+    default_hparams,
+    hparam_specs,
+    random_hparams,
+    validate_overrides,
+)
 from domainbed.lib.misc import seed_hash
 
 OURS = ["ERM", "CORAL", "MMD", "DANN", "CDANN", "SagNet", "RSC", "Mixup", "GroupDRO", "IRM",
@@ -120,3 +131,83 @@ def test_shared_names_draw_the_same_value_in_every_algorithm():
     # A name's draw depends only on (seed, name), so ERM and IRM runs share their lr.
     values = {random_hparams(name, "OfficeHome", 17)["lr"] for name in OURS}
     assert len(values) == 1
+
+
+# --- what an override may be ----------------------------------------------------------------
+
+ALL_ALGORITHMS = algorithms.ALGORITHMS  # ours, the ITL variants included (plugin)
+DATASETS = ("RotatedMNIST", "PACS", "DomainNet")
+# What the paper's sweep files pass to every algorithm (sweeps/_common.sh).
+SWEEP_OVERRIDES = ({"resnet50_augmix": False, "freeze_bn": True},
+                   {"resnet18": True, "resnet50_augmix": False, "freeze_bn": True})
+
+
+@pytest.mark.parametrize("name", ALL_ALGORITHMS)
+def test_every_default_and_draw_obeys_its_declared_rule(name):
+    for dataset in DATASETS:
+        specs = hparam_specs(name, dataset)
+        assert set(default_hparams(name, dataset)) <= set(specs)
+        validate_overrides(name, dataset, default_hparams(name, dataset))
+        for seed in range(10):
+            validate_overrides(name, dataset, random_hparams(name, dataset, seed))
+        for overrides in SWEEP_OVERRIDES:
+            validate_overrides(name, dataset, overrides)
+
+
+def test_the_itl_variants_are_registered_with_their_loss_hparams():
+    assert {"ERM_ITL", "RSC_ITL", "ERM_Focal", "ERM_GCE", "ERM_iSCE"} <= set(ALL_ALGORITHMS)
+    learned = {"itl_omega": [0.5, -0.6, 0.01, -88.7, 208.6, -123.7, 77.5, 80, -81.8, 222.4,
+                             82.3, -76.4]}
+    validate_overrides("ERM_ITL", "ColoredMNIST", learned)
+    validate_overrides("RSC_ITL", "PACS", {**learned, "itl_order": 4, "rsc_f_drop_factor": 0.2})
+    validate_overrides("ERM_iSCE", "RotatedMNIST", {"isce_alpha": -0.3, "isce_beta": 2})
+
+
+REFUSED = {
+    # (algorithm, overrides): words the one-line message must hold
+    "typo": ("ERM", {"lrr": 0.5}, ["'lrr'", "ERM", "did you mean 'lr'"]),
+    "other algorithm's key": ("ERM", {"irm_lambda": 1.0}, ["'irm_lambda'", "ERM"]),
+    "lr as a string": ("ERM", {"lr": "0.001"}, ["'lr'", "number", "'0.001'"]),
+    "lr zero": ("ERM", {"lr": 0}, ["'lr'", "> 0"]),
+    "batch size zero": ("ERM", {"batch_size": 0}, ["'batch_size'", "integer >= 1"]),
+    "batch size negative": ("ERM", {"batch_size": -4}, ["'batch_size'", "-4"]),
+    "batch size fractional": ("ERM", {"batch_size": 3.5}, ["'batch_size'", "3.5"]),
+    "bool for a number": ("ERM", {"lr": True}, ["'lr'"]),
+    "number for a bool": ("ERM", {"freeze_bn": 1}, ["'freeze_bn'", "true or false"]),
+    "not finite": ("ERM", {"lr": float("inf")}, ["'lr'", "finite"]),
+    "dropout above one": ("ERM", {"resnet_dropout": 1.5}, ["'resnet_dropout'", "[0, 1]"]),
+    "adam beta of one": ("DANN", {"beta1": 1.0}, ["'beta1'", "[0, 1)"]),
+    "mlp too shallow": ("CDANN", {"mlp_depth": 1}, ["'mlp_depth'", ">= 2"]),
+    "omega holds text": ("ERM_ITL", {"itl_omega": [1.0, "x"]}, ["'itl_omega'", "list"]),
+    "omega not a list": ("ERM_ITL", {"itl_omega": 3.0}, ["'itl_omega'", "list"]),
+    "taylor order one": ("RSC_ITL", {"itl_order": 1}, ["'itl_order'", ">= 2"]),
+    "gce q zero": ("ERM_GCE", {"gce_q": 0.0}, ["'gce_q'", "(0, 1]"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_override_refused_naming_the_key(case):
+    algorithm, overrides, words = REFUSED[case]
+    with pytest.raises(InvalidHParam) as refusal:
+        validate_overrides(algorithm, "RotatedMNIST", overrides)
+    message = str(refusal.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_int_accepted_for_float_and_optional_keys_stay_out_of_the_values():
+    validate_overrides("ERM", "PACS", {"lr": 1, "weight_decay": 0, "pretrained": False})
+    assert "pretrained" in hparam_specs("ERM", "PACS")
+    assert "pretrained" not in default_hparams("ERM", "PACS")
+    assert "pretrained" not in random_hparams("ERM", "PACS", 3)
+
+
+def test_a_default_outside_its_own_bounds_is_a_declaration_error():
+    space = HParamSpace("Mine", "PACS", 0)
+    with pytest.raises(ValueError, match="'eta'"):
+        space.add("eta", -1.0, lambda r: 1.0, POSITIVE)
+    with pytest.raises(ValueError, match="numbers only"):
+        space.add("flag", True, lambda r: True, POSITIVE)
+    assert str(Bounds(0.0, 1.0, high_open=True)) == "in [0, 1)"
+    assert 0.0 not in POSITIVE and 1e-9 in POSITIVE

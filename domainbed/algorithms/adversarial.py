@@ -19,28 +19,39 @@ from domainbed import networks
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.erm import Minibatches, concat_minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import (
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Bounds,
+    HParamSpace,
+    register_hparams,
+)
+
+# Adam's momentum coefficient: 1 or more never forgets, so torch refuses it.
+ADAM_BETA = Bounds(0.0, 1.0, high_open=True)
 
 
 @register_hparams("DANN", "CDANN")
 def _adversarial_space(space: HParamSpace) -> None:
-    space.add("lambda", 1.0, lambda r: 10 ** r.uniform(-2, 2))
-    space.add("weight_decay_d", 0.0, lambda r: 10 ** r.uniform(-6, -2))
-    space.add("d_steps_per_g_step", 1, lambda r: int(2 ** r.uniform(0, 3)))
-    space.add("grad_penalty", 0.0, lambda r: 10 ** r.uniform(-2, 1))
-    space.add("beta1", 0.5, lambda r: r.choice([0.0, 0.5]))
-    space.add("mlp_width", 256, lambda r: int(2 ** r.uniform(6, 10)))
-    space.add("mlp_depth", 3, lambda r: int(r.choice([3, 4, 5])))
-    space.add("mlp_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]))
+    space.add("lambda", 1.0, lambda r: 10 ** r.uniform(-2, 2), NON_NEGATIVE)
+    space.add("weight_decay_d", 0.0, lambda r: 10 ** r.uniform(-6, -2), NON_NEGATIVE)
+    space.add("d_steps_per_g_step", 1, lambda r: int(2 ** r.uniform(0, 3)), AT_LEAST_ONE)
+    space.add("grad_penalty", 0.0, lambda r: 10 ** r.uniform(-2, 1), NON_NEGATIVE)
+    space.add("beta1", 0.5, lambda r: r.choice([0.0, 0.5]), ADAM_BETA)
+    space.add("mlp_width", 256, lambda r: int(2 ** r.uniform(6, 10)), AT_LEAST_ONE)
+    space.add("mlp_depth", 3, lambda r: int(r.choice([3, 4, 5])), Bounds(low=2))
+    space.add("mlp_dropout", 0.0, lambda r: r.choice([0.0, 0.1, 0.5]), PROBABILITY)
     # The generator and discriminator get their own step sizes, drawn like the common `lr`.
     if space.small_images:
-        space.add("lr_g", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
-        space.add("lr_d", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5))
-        space.add("weight_decay_g", 0.0, lambda r: 0.0)
+        space.add("lr_g", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5), POSITIVE)
+        space.add("lr_d", 1e-3, lambda r: 10 ** r.uniform(-4.5, -2.5), POSITIVE)
+        space.add("weight_decay_g", 0.0, lambda r: 0.0, NON_NEGATIVE)
     else:
-        space.add("lr_g", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
-        space.add("lr_d", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5))
-        space.add("weight_decay_g", 0.0, lambda r: 10 ** r.uniform(-6, -2))
+        space.add("lr_g", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5), POSITIVE)
+        space.add("lr_d", 5e-5, lambda r: 10 ** r.uniform(-5, -3.5), POSITIVE)
+        space.add("weight_decay_g", 0.0, lambda r: 10 ** r.uniform(-6, -2), NON_NEGATIVE)
 
 
 class _DomainAdversarial(Algorithm):

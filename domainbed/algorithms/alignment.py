@@ -12,7 +12,7 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
 
 # Bandwidths of the Gaussian kernel mixture (inverse squared length scales).
 GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
@@ -20,7 +20,7 @@ GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 
 @register_hparams("MMD", "CORAL")
 def _alignment_space(space: HParamSpace) -> None:
-    space.add("mmd_gamma", 1.0, lambda r: 10 ** r.uniform(-1, 1))
+    space.add("mmd_gamma", 1.0, lambda r: 10 ** r.uniform(-1, 1), NON_NEGATIVE)
 
 
 def _squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -9,12 +9,12 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("GroupDRO")
 def _groupdro_space(space: HParamSpace) -> None:
-    space.add("groupdro_eta", 1e-2, lambda r: 10 ** r.uniform(-3, -1))
+    space.add("groupdro_eta", 1e-2, lambda r: 10 ** r.uniform(-3, -1), NON_NEGATIVE)
 
 
 @register_algorithm

@@ -14,19 +14,21 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches, adam
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("IRM")
 def _irm_space(space: HParamSpace) -> None:
-    space.add("irm_lambda", 1e2, lambda r: 10 ** r.uniform(-1, 5))
-    space.add("irm_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)))
+    space.add("irm_lambda", 1e2, lambda r: 10 ** r.uniform(-1, 5), NON_NEGATIVE)
+    space.add("irm_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)),
+              NON_NEGATIVE)
 
 
 @register_hparams("VREx")
 def _vrex_space(space: HParamSpace) -> None:
-    space.add("vrex_lambda", 1e1, lambda r: 10 ** r.uniform(-1, 5))
-    space.add("vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)))
+    space.add("vrex_lambda", 1e1, lambda r: 10 ** r.uniform(-1, 5), NON_NEGATIVE)
+    space.add("vrex_penalty_anneal_iters", 500, lambda r: int(10 ** r.uniform(0, 4)),
+              NON_NEGATIVE)
 
 
 class _AnnealedPenalty(ERM):

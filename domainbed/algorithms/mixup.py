@@ -8,12 +8,12 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import POSITIVE, HParamSpace, register_hparams
 
 
 @register_hparams("Mixup")
 def _mixup_space(space: HParamSpace) -> None:
-    space.add("mixup_alpha", 0.2, lambda r: 10 ** r.uniform(-1, 1))
+    space.add("mixup_alpha", 0.2, lambda r: 10 ** r.uniform(-1, 1), POSITIVE)
 
 
 def random_domain_pairs(minibatches: Minibatches) -> list[tuple[tuple, tuple]]:

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches, concat_minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import PROBABILITY, HParamSpace, register_hparams
 
 
 @register_hparams("RSC")
 def _rsc_space(space: HParamSpace) -> None:
-    space.add("rsc_f_drop_factor", 1 / 3, lambda r: r.uniform(0, 0.5))
-    space.add("rsc_b_drop_factor", 1 / 3, lambda r: r.uniform(0, 0.5))
+    space.add("rsc_f_drop_factor", 1 / 3, lambda r: r.uniform(0, 0.5), PROBABILITY)
+    space.add("rsc_b_drop_factor", 1 / 3, lambda r: r.uniform(0, 0.5), PROBABILITY)
 
 
 @register_algorithm

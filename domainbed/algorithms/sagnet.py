@@ -16,12 +16,12 @@ from domainbed import networks
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.erm import Minibatches, adam, concat_minibatches
-from domainbed.hparams_registry import HParamSpace, register_hparams
+from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("SagNet")
 def _sagnet_space(space: HParamSpace) -> None:
-    space.add("sag_w_adv", 0.1, lambda r: 10 ** r.uniform(-2, 1))
+    space.add("sag_w_adv", 0.1, lambda r: 10 ** r.uniform(-2, 1), NON_NEGATIVE)
 
 
 def randomize(features: torch.Tensor, what: str, eps: float = 1e-5) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 
 from domainbed.algorithms import get_algorithm_class, register_algorithm
 from domainbed.algorithms.base import Algorithm
-from domainbed.hparams_registry import HParamSpace, inherit_hparams, register_hparams
+from domainbed.hparams_registry import Bounds, HParamSpace, inherit_hparams, register_hparams
 from domainbed_itl.algorithms.variants import LOSS_CHOICES, PAIRINGS, fresh, variant_name
 
 
@@ -49,7 +49,8 @@ def with_loss(base_cls: type[Algorithm], suffix: str) -> type[Algorithm]:
     @register_hparams(name)
     def _space(space: HParamSpace) -> None:
         for hp in choice.hparams:
-            space.add(hp.name, fresh(hp.default), hp.draw)
+            bounds = Bounds(hp.low, hp.high, hp.low_open) if hp.bounded else None
+            space.add(hp.name, fresh(hp.default), hp.draw, bounds)
 
     inherit_hparams(name, base_cls.__name__)
     setattr(sys.modules[__name__], name, cls)  # picklable by name

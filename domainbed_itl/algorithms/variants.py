@@ -21,6 +21,7 @@ Search ranges for sweeps, and where they come from:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from numbers import Real
@@ -36,9 +37,19 @@ Draw = Callable[[np.random.RandomState], Any]
 
 @dataclass(frozen=True)
 class HParam:
+    """One loss hyperparameter; an override must have its default's type and lie between
+    `low` and `high` (inclusive, but `low` itself is excluded when `low_open`)."""
+
     name: str
     default: Any
     draw: Draw
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = False
+
+    @property
+    def bounded(self) -> bool:
+        return (self.low, self.high) != (-math.inf, math.inf)
 
 
 @dataclass(frozen=True)
@@ -77,17 +88,18 @@ def _fixed(value: Any) -> Draw:
 
 LOSS_CHOICES: dict[str, LossChoice] = {c.suffix: c for c in (
     LossChoice("ITL", (HParam("itl_omega", ITL_OMEGA, _fixed(ITL_OMEGA)),
-                       HParam("itl_order", 4, _fixed(4))),
+                       HParam("itl_order", 4, _fixed(4), low=2)),
                taylor_from_hparams),
     LossChoice("BCE", (), lambda h: get_loss("bce")),
-    LossChoice("Focal", (HParam("focal_gamma", 3.0, lambda r: r.uniform(1, 5)),),
+    LossChoice("Focal", (HParam("focal_gamma", 3.0, lambda r: r.uniform(1, 5), low=0),),
                lambda h: get_loss("focal", gamma=h["focal_gamma"])),
-    LossChoice("SCE", (HParam("sce_alpha", 0.1, lambda r: 10 ** r.uniform(-2, 1)),
-                       HParam("sce_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0))),
+    LossChoice("SCE", (HParam("sce_alpha", 0.1, lambda r: 10 ** r.uniform(-2, 1), low=0),
+                       HParam("sce_beta", 1.0, lambda r: 10 ** r.uniform(-1, 0), low=0)),
                lambda h: get_loss("sce", alpha=h["sce_alpha"], beta=h["sce_beta"])),
-    LossChoice("GCE", (HParam("gce_q", 0.7, lambda r: r.uniform(0.1, 1)),),
+    LossChoice("GCE", (HParam("gce_q", 0.7, lambda r: r.uniform(0.1, 1), low=0, high=1,
+                              low_open=True),),
                lambda h: get_loss("gce", q=h["gce_q"])),
-    LossChoice("LS", (HParam("ls_epsilon", 0.1, lambda r: r.uniform(0, 0.3)),),
+    LossChoice("LS", (HParam("ls_epsilon", 0.1, lambda r: r.uniform(0, 0.3), low=0, high=1),),
                lambda h: get_loss("ls", epsilon=h["ls_epsilon"])),
     LossChoice("iSCE", (HParam("isce_alpha", 0.1, _fixed(0.1)),
                         HParam("isce_beta", 1.0, _fixed(1.0))),
