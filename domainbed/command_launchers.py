@@ -32,6 +32,7 @@ Launcher = Callable[..., "list[str] | None"]
 
 REGISTRY: dict[str, Launcher] = {}
 _CHECKS: dict[str, Callable[[], None]] = {}
+_DRY_RUNS: set[Launcher] = set()
 
 _POLL_S = 0.2
 _GRACE_S = 10.0
@@ -40,12 +41,14 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
 
 def register_launcher(
-    name: str, check: Callable[[], None] | None = None
+    name: str, check: Callable[[], None] | None = None, dry_run: bool = False
 ) -> Callable[[Launcher], Launcher]:
     """Decorator: make a launcher available to `sweep --command_launcher name`.
 
     `check`, if given, raises RuntimeError when the launcher cannot work here (no GPU, no
-    scheduler); the sweep calls it before it creates any job directory.
+    scheduler); the sweep calls it before it creates any job directory. A `dry_run` launcher
+    runs nothing, so the sweep creates no job directory for it: a later real launch then
+    finds every job still to run.
     """
 
     def decorate(fn: Launcher) -> Launcher:
@@ -54,6 +57,8 @@ def register_launcher(
         REGISTRY[name] = fn
         if check is not None:
             _CHECKS[name] = check
+        if dry_run:
+            _DRY_RUNS.add(fn)
         return fn
 
     return decorate
@@ -65,7 +70,11 @@ def check_launcher(name: str) -> None:
         _CHECKS[name]()
 
 
-@register_launcher("dummy")
+def is_dry_run(launcher: Launcher) -> bool:
+    return launcher in _DRY_RUNS
+
+
+@register_launcher("dummy", dry_run=True)
 def dummy_launcher(commands: Sequence[str]) -> None:
     """Print the commands instead of running them: shows what a sweep would do."""
     for command in commands:
@@ -266,3 +275,6 @@ def multi_gpu_launcher(commands: Sequence[str]) -> list[str]:
     """
     _require_gpus()
     return run_pool(commands, [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in _visible_gpus()])
+
+
+import domainbed.launchers  # noqa: E402, F401  (registers the cluster launchers: slurm, ray)

@@ -67,6 +67,20 @@ def sweep_main(capsys, monkeypatch):
     return call
 
 
+@pytest.fixture()
+def submitted():
+    """Launcher `test_submit`: records the commands and runs nothing, as a cluster launcher
+    submits them; the job directories are created as for any real launch."""
+    seen = []
+
+    @command_launchers.register_launcher("test_submit")
+    def submit(commands):
+        seen.extend(commands)
+
+    yield seen
+    del command_launchers.REGISTRY["test_submit"]
+
+
 def run_sweep(command, output_dir, *extra, stdin="", data_dir="/data"):
     """Run the sweep command line as users do, in a new interpreter."""
     return subprocess.run(
@@ -174,16 +188,30 @@ def test_launch_prints_jobs_and_asks(tmp_path, sweep_main):
     accepted = sweep_main("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy", stdin="y\n")
     assert accepted.returncode == 0
     assert accepted.stdout.count("Dummy launcher: ") == 6
-    assert len(os.listdir(out)) == 6
 
 
-def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main):
+def test_dry_run_creates_nothing_so_the_real_launch_runs_everything(
+    tmp_path, sweep_main, submitted
+):
     out = tmp_path / "sweep"
-    flags = [*DEBUG_FLAGS, "--command_launcher", "dummy", "--skip_confirmation"]
+    for _ in range(2):
+        dry = sweep_main("launch", out, *DEBUG_FLAGS, "--command_launcher", "dummy",
+                         "--skip_confirmation")
+        assert dry.stdout.count("Dummy launcher: ") == 6 and not out.exists()
+    real = sweep_main("launch", out, *DEBUG_FLAGS, "--command_launcher", "test_submit",
+                      "--skip_confirmation")
+    assert "About to launch 6 jobs." in real.stdout and len(submitted) == 6
+    assert sorted(os.listdir(out)) == sorted(Path(c.split("--output_dir ")[1].split()[0]).name
+                                             for c in submitted)
+
+
+def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main, submitted):
+    out = tmp_path / "sweep"
+    flags = [*DEBUG_FLAGS, "--command_launcher", "test_submit", "--skip_confirmation"]
     first = sweep_main("launch", out, *flags)
-    assert first.returncode == 0 and first.stdout.count("Dummy launcher: ") == 6
+    assert first.returncode == 0 and len(submitted) == 6
     again = sweep_main("launch", out, *flags)
-    assert again.stdout.count("Dummy launcher: ") == 0
+    assert len(submitted) == 6
     assert "6 incomplete jobs are left alone" in again.stdout
 
     done_dir = sorted(out.iterdir())[0]
@@ -192,11 +220,11 @@ def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main):
     assert "About to delete 5 jobs." in deleted.stdout
     assert [p.name for p in out.iterdir()] == [done_dir.name]
     relaunched = sweep_main("launch", out, *flags)
-    assert relaunched.stdout.count("Dummy launcher: ") == 5
+    assert len(submitted) == 11
     assert done_dir.name not in relaunched.stdout.split("About to launch")[1]
 
     resumed = sweep_main("launch", out, *flags, "--resume_incomplete")
-    assert resumed.stdout.count("Dummy launcher: ") == 5
+    assert len(submitted) == 16
     assert "incomplete jobs are left alone" not in resumed.stdout
     assert done_dir.name not in resumed.stdout.split("About to launch")[1]
 

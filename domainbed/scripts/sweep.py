@@ -28,10 +28,11 @@ import shlex
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from domainbed import command_launchers, datasets
+from domainbed.lib import joblock
 from domainbed.lib.misc import seed_hash
 
 _TRASH_PREFIX = ".deleting-"
@@ -71,39 +72,50 @@ class Job:
     def launch(
         jobs: Sequence[Job], launcher_fn: command_launchers.Launcher, seed: int = 0, **options: Any
     ) -> list[str] | None:
-        """Create the jobs' directories, then hand their commands to the launcher.
+        """Create the jobs' directories (unless the launcher only shows the commands), then
+        hand their commands to the launcher.
 
         The order is shuffled (seeded) so that a partial sweep covers every dataset and
         algorithm a little rather than the first ones completely.
         """
         jobs = list(jobs)
         random.Random(seed).shuffle(jobs)
-        for job in jobs:
-            os.makedirs(job.output_dir, exist_ok=True)
+        if not command_launchers.is_dry_run(launcher_fn):
+            for job in jobs:
+                os.makedirs(job.output_dir, exist_ok=True)
         print(f"Launching {len(jobs)} jobs...")
         failed = launcher_fn([job.command_str for job in jobs], **options)
         print(f"Launched {len(jobs)} jobs!")
         return failed
 
     @staticmethod
-    def delete(jobs: Sequence[Job]) -> None:
+    def delete(jobs: Sequence[Job]) -> list[Job]:
         """Remove the jobs' directories, each at once: renamed to a hidden name, then deleted.
+        Returns the jobs left alone because a live process still runs them (their launcher
+        may have died without them).
 
         A deletion killed halfway leaves a hidden directory that no reader looks at; the next
         deletion in the same sweep directory finishes it.
         """
-        parents = set()
+        parents, running = set(), []
         for job in jobs:
-            parent, name = os.path.split(job.output_dir)
-            parents.add(parent)
-            trash = os.path.join(parent, f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-            os.replace(job.output_dir, trash)
-            shutil.rmtree(trash)
+            with joblock.claimed(job.output_dir) as free:
+                if not free:
+                    running.append(job)
+                    print(f"Left alone, still running (pid@host "
+                          f"{joblock.holder(job.output_dir)}): {job.output_dir}")
+                    continue
+                parent, name = os.path.split(job.output_dir)
+                parents.add(parent)
+                trash = os.path.join(parent, f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
+                os.replace(job.output_dir, trash)
+                shutil.rmtree(trash)
         for parent in parents:
             for leftover in os.listdir(parent):
                 if leftover.startswith(_TRASH_PREFIX):
                     shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
-        print(f"Deleted {len(jobs)} jobs!")
+        print(f"Deleted {len(jobs) - len(running)} jobs!")
+        return running
 
 
 def _cli_value(value: Any) -> str:
@@ -203,7 +215,7 @@ def _default_datasets() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Run a sweep")
+    parser = argparse.ArgumentParser(prog="sweep", description="Run a sweep")
     parser.add_argument("command", choices=["launch", "delete_incomplete", "delete_all"])
     parser.add_argument(
         "--datasets",
@@ -253,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume_incomplete",
         action="store_true",
-        help="launch incomplete jobs too; each continues from its last checkpoint. Only when "
-        "none of them is still running",
+        help="launch incomplete jobs too (not those still running); each continues from its "
+        "last checkpoint",
     )
     return parser
 
@@ -296,10 +308,6 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--hparams is not valid JSON: {err}") from None
         if not isinstance(overrides, dict):
             raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
-    if not args.single_test_envs:
-        for name in args.datasets:
-            if datasets.num_environments(name) < 3:
-                raise UsageError(f"{name} has fewer than 3 environments: add --single_test_envs")
     if args.max_parallel is not None:
         if args.max_parallel < 1:
             raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
@@ -325,15 +333,17 @@ def _confirmed(args: argparse.Namespace) -> bool:
     return False
 
 
-def run(args: argparse.Namespace) -> int:
-    """Carry out one sweep command on already-parsed arguments; the exit status."""
-    args.datasets = args.datasets if args.datasets is not None else _default_datasets()
-    if args.algorithms is None:
-        import domainbed.algorithms
+ArgsListBuilder = Callable[[argparse.Namespace], "list[dict[str, Any]]"]
 
-        args.algorithms = list(domainbed.algorithms.ALGORITHMS)
-    _check(args)
-    args_list = make_args_list(
+
+def multi_source_args_list(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The jobs of a DomainBed sweep: one or two test environments each (or one with
+    --single_test_envs). Raises ValueError for a dataset it cannot split that way."""
+    if not args.single_test_envs:
+        for name in args.datasets:
+            if datasets.num_environments(name) < 3:
+                raise ValueError(f"{name} has fewer than 3 environments: add --single_test_envs")
+    return make_args_list(
         n_trials=args.n_trials,
         dataset_names=args.datasets,
         algorithms=args.algorithms,
@@ -346,6 +356,25 @@ def run(args: argparse.Namespace) -> int:
         single_test_envs=args.single_test_envs,
         hparams=args.hparams,
     )
+
+
+def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list) -> int:
+    """Carry out one sweep command on already-parsed arguments; the exit status.
+
+    `args_list_for` turns the arguments into every job's training arguments; other kinds of
+    sweep (single-source DG, say) pass their own and get launching, resuming and deletion as
+    they are here. It raises ValueError, with what to change, for arguments it cannot use.
+    """
+    args.datasets = args.datasets if args.datasets is not None else _default_datasets()
+    if args.algorithms is None:
+        import domainbed.algorithms
+
+        args.algorithms = list(domainbed.algorithms.ALGORITHMS)
+    _check(args)
+    try:
+        args_list = args_list_for(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     jobs = [Job(train_args, args.output_dir) for train_args in args_list]
     for job in jobs:
         print(job)
@@ -354,6 +383,11 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "launch":
         wanted = (NOT_LAUNCHED, INCOMPLETE) if args.resume_incomplete else (NOT_LAUNCHED,)
         to_launch = [job for job in jobs if job.state in wanted]
+        if args.resume_incomplete:
+            live = [job for job in to_launch if joblock.is_running(job.output_dir)]
+            if live:
+                print(f"{len(live)} incomplete jobs are still running and are left alone.")
+                to_launch = [job for job in to_launch if job not in live]
         incomplete = sum(job.state == INCOMPLETE for job in jobs)
         if incomplete and not args.resume_incomplete:
             print(
@@ -381,19 +415,32 @@ def run(args: argparse.Namespace) -> int:
     to_delete = [job for job in jobs if job.state != NOT_LAUNCHED and wanted in (None, job.state)]
     print(f"About to delete {len(to_delete)} jobs.")
     if to_delete and _confirmed(args):
-        Job.delete(to_delete)
+        running = Job.delete(to_delete)
+        if running:
+            print(
+                f"{len(running)} jobs are still running and were not deleted; stop them "
+                "or let them finish, then run this again.",
+                file=sys.stderr,
+            )
+            return 1
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(
+    argv: list[str] | None = None,
+    args_list_for: ArgsListBuilder = multi_source_args_list,
+    parser: argparse.ArgumentParser | None = None,
+) -> int:
+    """The command line; another kind of sweep passes its job list builder and parser."""
+    parser = parser if parser is not None else build_parser()
+    args = parser.parse_args(argv)
     try:
-        return run(args)
+        return run(args, args_list_for)
     except UsageError as err:
-        print(f"sweep: {err}", file=sys.stderr)
+        print(f"{parser.prog}: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sweep: interrupted", file=sys.stderr)
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
 
 
