@@ -62,3 +62,26 @@ def accuracy(params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
             correct += int((logits.argmax(1) == y[start : start + chunk]).sum())
     return correct / len(y)
 
+
+
+def stack_params(models: Sequence[Params]) -> Params:
+    """K models' parameters as K-stacked autograd leaves [W1 (K, in, out), b1 (K, out), ...]."""
+    return [torch.stack([m[i].detach() for m in models]).requires_grad_()
+            for i in range(len(models[0]))]
+
+
+def model_view(stacked: Params, k: int) -> Params:
+    """Model k of a stack, as views that share storage (and gradients) with the stack."""
+    return [p[k] for p in stacked]
+
+
+def stacked_mlp_forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+    """Logits (K, N, classes) of K stacked MLPs, each on its own batch x[k] (K x N x in): one
+    batched matrix product per layer for all K models."""
+    h = x
+    last = len(params) - 2
+    for i in range(0, len(params), 2):
+        h = torch.baddbmm(params[i + 1].unsqueeze(1), h, params[i])
+        if i < last:
+            h = torch.relu(h)
+    return h

@@ -1,4 +1,5 @@
-"""How accurate is the Neumann hypergradient? A study on problems small enough to solve exactly.
+"""How accurate are the Neumann and CG hypergradients? A study on problems small enough to solve
+exactly.
 
     python -m domainbed_itl.meta.check_hypergrad --data_dir data --out results/hypergrad_check
 
@@ -11,12 +12,13 @@ start and a small L2 penalty so the inner problem has a well-defined optimum:
 - truth: the exact implicit gradient (Hessian formed and solved) at the optimum found by L-BFGS,
   itself checked against central finite differences of the held-out loss of the re-solved
   problem;
-- the J sweep: Neumann estimates at the optimum for several J and two step sizes alpha
-  (1 / lambda_max, where the series converges fastest without diverging, and the trainer's
-  default 0.01);
+- the J sweep: estimates at the optimum for several budgets J of Hessian-vector products:
+  Neumann with three step sizes alpha (1 / lambda_max from the exact spectrum, where the series
+  converges fastest without diverging; the trainer's former default 0.01; "auto", 1 / lambda_max
+  from 10 power iterations, which add 10 HVPs) and conjugate gradients (no damping);
 - the inner-length sweep: SGD (batch 32) for T steps from the same start, then the Neumann
-  estimate (J = 15, alpha = 1 / lambda_max) and the exact IFT solve at that end point, both
-  against the truth.
+  estimate (J = 15, alpha = 1 / lambda_max), CG with 15 HVPs and the exact IFT solve at that
+  end point, all against the truth.
 
 Two base models: softmax regression (convex) and a one-hidden-layer tanh MLP (not convex; its
 Hessian's smallest eigenvalue is reported, since the Neumann series needs it positive).
@@ -46,6 +48,9 @@ from domainbed_itl.meta.hypergrad import (
 )
 
 PROBLEMS = {"logreg": (), "mlp": (16,)}
+# The J sweep's solvers at equal HVP budgets: (label, solver, Neumann alpha).
+SOLVER_ROWS = (("1/lambda_max", "neumann", "1/lambda_max"), ("0.01", "neumann", 0.01),
+               ("auto", "neumann", "auto"), ("", "cg", 0.01))
 DTYPE = torch.float64
 
 
@@ -165,21 +170,25 @@ def study_problem(problem: Problem, name: str, js: Sequence[int], inner_lengths:
                "grad_norm_at_optimum": _grad_norm(problem, theta),
                **{f"exact_vs_fd_{k}": v for k, v in _compare(truth, fd).items()}}
     rows = []
-    for alpha_name, alpha in (("1/lambda_max", 1.0 / lam_max), ("0.01", 0.01)):
+    for label, solver, alpha in SOLVER_ROWS:
+        alpha = 1.0 / lam_max if alpha == "1/lambda_max" else alpha
         for j in js:
             hg = implicit_hypergradient(theta, problem.w, problem.train_loss, problem.val_loss,
-                                        alpha, j)
-            rows.append({"problem": name, "sweep": "J", "J": j, "inner_steps": "optimum",
-                         "alpha": alpha_name, **_compare(hg.grad, truth),
-                         "neumann_ratio": hg.neumann_ratio})
+                                        alpha, j, solver=solver)
+            rows.append({"problem": name, "sweep": "J", "solver": solver, "J": j,
+                         "hvps": hg.hvps, "inner_steps": "optimum", "alpha": label,
+                         **_compare(hg.grad, truth), "neumann_ratio": hg.neumann_ratio})
     for steps in inner_lengths:
         end = problem.sgd(steps, inner_lr, 32, seed)
         hg = implicit_hypergradient(end, problem.w, problem.train_loss, problem.val_loss,
                                     1.0 / lam_max, 15)
+        cg = implicit_hypergradient(end, problem.w, problem.train_loss, problem.val_loss,
+                                    terms=15, solver="cg")
         exact_end = exact_hypergradient(end, problem.w, problem.train_loss, problem.val_loss)
         rows.append({"problem": name, "sweep": "inner_steps", "J": 15, "inner_steps": steps,
                      "alpha": "1/lambda_max", **_compare(hg.grad, truth),
                      "neumann_ratio": hg.neumann_ratio,
+                     **{f"cg_{k}": v for k, v in _compare(cg.grad, truth).items()},
                      "exact_at_end_cosine": _compare(exact_end, truth)["cosine"],
                      "grad_norm_at_end": _grad_norm(problem, end)})
     return {"summary": summary, "rows": rows}
@@ -219,7 +228,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         writer = csv.DictWriter(handle, keys)
         writer.writeheader()
         writer.writerows(result["rows"])
-    lines = ["# Neumann hypergradient against the exact implicit gradient", "",
+    lines = ["# Neumann and CG hypergradients against the exact implicit gradient", "",
              "## Problems (truth = exact IFT at the L-BFGS optimum)", ""]
     skeys = list(result["summaries"][0])
     lines += ["| " + " | ".join(skeys) + " |", "|" + "---|" * len(skeys)]
@@ -243,13 +252,14 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(9, 7))
     for s in result["summaries"]:
         name = s["problem"]
-        for alpha in ("1/lambda_max", "0.01"):
-            rows = [r for r in result["rows"]
-                    if r["problem"] == name and r["sweep"] == "J" and r["alpha"] == alpha]
-            label = f"{name}, alpha={alpha}"
-            axes[0, 0].plot([r["J"] for r in rows], [r["cosine"] for r in rows], "o-",
+        for alpha, solver, _ in SOLVER_ROWS:
+            rows = [r for r in result["rows"] if r["problem"] == name and r["sweep"] == "J"
+                    and r["alpha"] == alpha and r["solver"] == solver]
+            label = f"{name}, CG" if solver == "cg" else f"{name}, Neumann alpha={alpha}"
+            style = "s-" if solver == "cg" else "o-"
+            axes[0, 0].plot([r["hvps"] for r in rows], [r["cosine"] for r in rows], style,
                             label=label)
-            axes[1, 0].plot([r["J"] for r in rows], [r["rel_error"] for r in rows], "o-",
+            axes[1, 0].plot([r["hvps"] for r in rows], [r["rel_error"] for r in rows], style,
                             label=label)
         rows = [r for r in result["rows"] if r["problem"] == name and r["sweep"] == "inner_steps"]
         axes[0, 1].plot([r["inner_steps"] for r in rows], [r["cosine"] for r in rows], "o-",
@@ -259,8 +269,13 @@ def _plot(result: dict[str, Any], path: Path) -> None:
                         label=f"{name}, exact solve at end point")
         axes[1, 1].plot([r["inner_steps"] for r in rows], [r["rel_error"] for r in rows], "o-",
                         label=f"{name}, Neumann J=15")
-    for ax, (xl, yl) in zip(axes.flat, (("J", "cosine"), ("SGD inner steps", "cosine"),
-                                        ("J", "relative error"),
+        axes[0, 1].plot([r["inner_steps"] for r in rows], [r["cg_cosine"] for r in rows], "s-",
+                        label=f"{name}, CG 15 HVPs")
+        axes[1, 1].plot([r["inner_steps"] for r in rows], [r["cg_rel_error"] for r in rows],
+                        "s-", label=f"{name}, CG 15 HVPs")
+    for ax, (xl, yl) in zip(axes.flat, (("Hessian-vector products", "cosine"),
+                                        ("SGD inner steps", "cosine"),
+                                        ("Hessian-vector products", "relative error"),
                                         ("SGD inner steps", "relative error")), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel(xl)
@@ -276,7 +291,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.check_hypergrad",
-                                description="Neumann hypergradient accuracy study.")
+                                description="Neumann and CG hypergradient accuracy study.")
     p.add_argument("--data_dir", default="data", help="holds MNIST/raw (see make demo)")
     p.add_argument("--out", required=True)
     p.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))

@@ -1,19 +1,17 @@
 """Hypergradient of the held-out loss with respect to the loss parameters w, by the implicit
-function theorem (IFT), with the inverse Hessian replaced by a truncated Neumann series.
+function theorem (IFT), with H^-1 v found by Hessian-vector products (`meta.linear_solve`).
 
 At an inner optimum theta*(w), dL_train/dtheta = 0, so
 
     dM/dw = - dM/dtheta . H^-1 . d2L_train/(dtheta dw),     H = d2L_train/dtheta2.
 
-With v = dM/dtheta and p = sum_{j=0..J} (I - alpha H)^j v we have alpha p -> H^-1 v as J grows
-(when 0 < alpha * eigenvalues < 2), hence
-
-    hypergradient = - alpha * p . d2L_train/(dtheta dw)
-
-(Lorraine et al., 2020; Algorithm 2 of the paper prints the output without the alpha factor).
+With v = dM/dtheta and u ~ H^-1 v, the hypergradient is - u . d2L_train/(dtheta dw). The
+paper's solver is the truncated Neumann series u = alpha sum_{j=0..J} (I - alpha H)^j v
+(Lorraine et al., 2020; Algorithm 2 of the paper prints the output without the alpha factor);
+conjugate gradients on the (damped) system is the alternative at the same number of HVPs.
 Everything is a Hessian-vector or mixed vector product, i.e. a double backward through one
 batch; no Hessian is ever materialised, except in `exact_hypergradient`, which exists to check
-the Neumann estimate on models small enough to afford it.
+the estimates on models small enough to afford it.
 
 Callers supply the two objectives as closures over fixed batches:
 `train_loss(params, w) -> scalar` (L_w on a batch of source data) and
@@ -23,11 +21,18 @@ Callers supply the two objectives as closures over fixed batches:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from domainbed_itl.meta.base_model import Params
+from domainbed_itl.meta.linear_solve import (
+    Solution,
+    SolverSettings,
+    Space,
+    solve,
+    top_eigenvalue,
+)
 
 TrainLoss = Callable[[Params, torch.Tensor], torch.Tensor]
 ValLoss = Callable[[Params], torch.Tensor]
@@ -37,15 +42,22 @@ ValLoss = Callable[[Params], torch.Tensor]
 class Hypergradient:
     """dM/dw estimate and what it was computed from.
 
-    `neumann_ratio` is |(I - alpha H)^J v| / |v|: well below 1 means the series has converged;
-    above 1 means alpha is too large for this Hessian (or H has sizeable negative curvature)
-    and the estimate is not to be trusted.
+    `neumann_ratio` is the relative residual the solve leaves (for Neumann
+    |(I - alpha H)^J v| / |v|): well below 1 means the solve has converged; above 1 means the
+    series diverged even after its restarts and the estimate is not to be trusted. `alpha` is
+    the Neumann step finally used, `restarts` the number of Neumann restarts (or CG stops at
+    negative curvature), `hvps` the Hessian-vector products spent, `solution` u ~ H^-1 v
+    (a warm start for the next solve).
     """
 
     grad: torch.Tensor
     val_loss: float
     v_norm: float
     neumann_ratio: float
+    alpha: float = float("nan")
+    restarts: int = 0
+    hvps: int = 0
+    solution: list[torch.Tensor] | None = field(default=None, repr=False)
 
 
 def _fresh(params: Sequence[torch.Tensor]) -> Params:
@@ -56,40 +68,12 @@ def _norm(vectors: Sequence[torch.Tensor]) -> float:
     return float(torch.sqrt(sum((t.double() ** 2).sum() for t in vectors)))
 
 
-def _dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> torch.Tensor:
-    return sum((x * y).sum() for x, y in zip(a, b, strict=True))
-
-
 def hessian_vector_product(
     grads: Sequence[torch.Tensor], params: Params, vector: Sequence[torch.Tensor]
 ) -> list[torch.Tensor]:
     """H @ vector, from `grads` = dL/dparams built with create_graph=True (graph is kept)."""
-    return list(torch.autograd.grad(grads, params, grad_outputs=vector, retain_graph=True))
-
-
-def neumann_inverse_hvp(
-    grads: Sequence[torch.Tensor],
-    params: Params,
-    v: Sequence[torch.Tensor],
-    alpha: float,
-    terms: int,
-) -> tuple[list[torch.Tensor], float]:
-    """p = sum_{j=0..terms} (I - alpha H)^j v, so that alpha * p approximates H^-1 v.
-
-    Returns p and |(I - alpha H)^terms v| / |v| (see Hypergradient.neumann_ratio). This is
-    Algorithm 2's loop: `terms` Hessian-vector products in all.
-    """
-    if terms < 0 or not alpha > 0:
-        raise ValueError(f"Neumann series needs terms >= 0 and alpha > 0, got {terms}, {alpha}")
-    term = [t.detach().clone() for t in v]
-    total = [t.clone() for t in term]
-    for _ in range(terms):
-        hv = hessian_vector_product(grads, params, term)
-        term = [t - alpha * h for t, h in zip(term, hv, strict=True)]
-        total = [s + t for s, t in zip(total, term, strict=True)]
-    v_norm = _norm(v)
-    ratio = _norm(term) / v_norm if v_norm > 0 else 0.0
-    return total, ratio
+    return list(torch.autograd.grad(grads, params, grad_outputs=list(vector),
+                                    retain_graph=True))
 
 
 def mixed_vector_product(
@@ -112,23 +96,37 @@ def _objectives(
     return theta, w_leaf, grads, v, float(m.detach())
 
 
+def solve_with(
+    grads: Sequence[torch.Tensor], params: Params, v: Sequence[torch.Tensor],
+    settings: SolverSettings, space: Space, start: Sequence[torch.Tensor] | None = None,
+) -> Solution:
+    """u ~ H^-1 v for the Hessian behind `grads` (create_graph=True), by `settings`."""
+    return solve(lambda x: hessian_vector_product(grads, params, x), v, settings, space, start)
+
+
 def implicit_hypergradient(
     params: Params,
     w: torch.Tensor,
     train_loss: TrainLoss,
     val_loss: ValLoss,
-    alpha: float,
+    alpha: float | str = 0.01,
     terms: int = 15,
+    solver: str = "neumann",
+    damping: float = 0.0,
+    start: Sequence[torch.Tensor] | None = None,
 ) -> Hypergradient:
-    """dM/dw at the trained `params` by IFT + Neumann series (Algorithm 2 with the alpha scale).
+    """dM/dw at the trained `params` by IFT, H^-1 v by `solver` with `terms` HVPs (Neumann's
+    J; `alpha` its step or "auto"; CG's `damping` and warm `start`).
 
     The Hessian and the mixed derivative both come from the one `train_loss` closure, i.e. the
     same batch of training data. `params` and `w` are not modified.
     """
+    settings = SolverSettings(solver, terms, alpha, damping)
     theta, w_leaf, grads, v, m = _objectives(params, w, train_loss, val_loss)
-    p, ratio = neumann_inverse_hvp(grads, theta, v, alpha, terms)
-    grad = -alpha * mixed_vector_product(grads, w_leaf, p)
-    return Hypergradient(grad.detach(), m, _norm(v), ratio)
+    sol = solve_with(grads, theta, v, settings, Space(), start)
+    grad = -mixed_vector_product(grads, w_leaf, sol.u)
+    return Hypergradient(grad.detach(), m, _norm(v), float(sol.residual), float(sol.alpha),
+                         int(sol.restarts), sol.hvps, [t.detach() for t in sol.u])
 
 
 def exact_hypergradient(
@@ -176,12 +174,6 @@ def top_hessian_eigenvalue(
     """
     theta = _fresh(params)
     grads = torch.autograd.grad(train_loss(theta, w.detach()), theta, create_graph=True)
-    vec = [torch.randn(t.shape, generator=generator).to(t) for t in theta]
-    eig = 0.0
-    for _ in range(iters):
-        norm = _norm(vec)
-        vec = [t / norm for t in vec]
-        hv = hessian_vector_product(grads, theta, vec)
-        eig = float(_dot(vec, hv))
-        vec = [h.detach() for h in hv]
-    return eig
+    start = [torch.randn(t.shape, generator=generator).to(t) for t in theta]
+    return float(top_eigenvalue(lambda x: hessian_vector_product(grads, theta, x), start, iters,
+                                Space()))

@@ -54,20 +54,35 @@ def train_inner(
 
     `pool` (optional) lists the rows of x that may be drawn, so leave-one-domain-out splits
     index one pooled tensor instead of copying the source domains for every split.
-
-    `loss_fn` must not need gradients for anything but the logits (detach w before building
-    it): the implicit gradient only uses the end point, so no graph is kept across steps.
-    Stops early at the first check that sees a non-finite loss.
     """
     n = len(y) if pool is None else len(pool)
     index = sample_batches(n, steps, batch_size, generator)
     if pool is not None:
         index = pool[index]
-    index = index.to(x.device)
+    return train_on_batches(params, x, y, loss_fn, index, lr, check_every)
+
+
+def train_on_batches(
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: LossFn,
+    batches: torch.Tensor,
+    lr: float,
+    check_every: int = 50,
+) -> InnerResult:
+    """One SGD step of `loss_fn(logits, y)` per row of `batches` (steps x batch rows of x), in
+    place.
+
+    `loss_fn` must not need gradients for anything but the logits (detach w before building
+    it): the implicit gradient only uses the end point, so no graph is kept across steps.
+    Stops early at the first check that sees a non-finite loss.
+    """
+    index = batches.to(x.device)
     bad = torch.zeros((), dtype=torch.bool, device=x.device)
     loss = torch.zeros((), device=x.device)
     done = 0
-    for t in range(steps):
+    for t in range(len(index)):
         batch = index[t]
         loss = loss_fn(mlp_forward(params, x[batch]), y[batch])
         grads = torch.autograd.grad(loss, params)

@@ -35,6 +35,7 @@ from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib.misc import seed_hash
 from domainbed_itl.meta.families import INIT_PRESETS, LossFamily, initial_w, make_family
 from domainbed_itl.meta.guard import all_finite, require_finite
+from domainbed_itl.meta.linear_solve import SOLVERS, parse_alpha
 from domainbed_itl.meta.outer import (
     DomainSet,
     MetaConfig,
@@ -43,6 +44,7 @@ from domainbed_itl.meta.outer import (
     make_domain_set,
 )
 from domainbed_itl.meta.plot import plot_learning_curve
+from domainbed_itl.meta.splits import BATCHING
 from domainbed_itl.meta.state import (
     ConfigMismatchError,
     append_log,
@@ -59,10 +61,13 @@ LOG = "log.jsonl"
 LEARNED = "learned_loss.json"
 CURVE = "learning_curve.png"
 # Settings that may change between the pieces of one resumed run.
-OPERATIONAL = ("outer_steps", "device", "threads", "max_skips", "data_dir", "output_dir")
+OPERATIONAL = ("outer_steps", "device", "threads", "max_skips", "data_dir", "output_dir",
+               "inner_batching", "cuda_graphs")
 # Settings added after runs had been saved: recorded only when not at their default, so those
 # checkpoints still resume.
-LATER_SETTINGS: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute"}
+LATER_SETTINGS: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute",
+                                  "hypergrad_solver": "neumann", "cg_damping": 0.0,
+                                  "cg_warm_start": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inner_lr", type=float, default=defaults.inner_lr)
     p.add_argument("--inner_batch", type=int, default=defaults.inner_batch)
     p.add_argument("--neumann_terms", type=int, default=defaults.neumann_terms)
-    p.add_argument("--neumann_alpha", type=float, default=defaults.neumann_alpha)
+    p.add_argument("--neumann_alpha", type=parse_alpha, default=defaults.neumann_alpha,
+                   help="Neumann step, or auto: 1 / |largest Hessian eigenvalue| by 10 power "
+                   "iterations per split")
+    p.add_argument("--hypergrad_solver", default=defaults.hypergrad_solver, choices=SOLVERS,
+                   help="how H^-1 v is solved, with --neumann_terms Hessian-vector products")
+    p.add_argument("--cg_damping", type=float, default=defaults.cg_damping,
+                   help="CG solves (H + damping I) u = v")
+    p.add_argument("--cg_warm_start", action="store_true",
+                   help="start each CG solve from the previous outer step's solution of the "
+                   "same held-out domain (optimally rescaled; costs one HVP of the budget)")
+    p.add_argument("--inner_batching", default=defaults.inner_batching, choices=BATCHING,
+                   help="train the leave-one-out models one after another or stacked; auto: "
+                   "stacked on GPUs, sequential on CPUs (same results either way)")
+    p.add_argument("--cuda_graphs", default="on", choices=("on", "off"),
+                   help="replay the stacked inner step from a CUDA graph (GPU only)")
     p.add_argument("--hessian_batch", type=int, default=defaults.hessian_batch,
                    help="source examples for the Hessian and mixed derivative")
     p.add_argument("--val_batch", type=int, default=defaults.val_batch,
@@ -118,9 +137,11 @@ def validate(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be at least 1")
-    for name in ("outer_lr", "inner_lr", "neumann_alpha"):
+    for name in ("outer_lr", "inner_lr"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name} must be positive")
+    if not args.cg_damping >= 0:
+        raise ValueError("--cg_damping must be >= 0")
     if args.neumann_terms < 0 or any(h < 1 for h in args.hidden):
         raise ValueError("--neumann_terms must be >= 0 and --hidden widths >= 1")
     if len(set(args.exclude_envs)) != len(args.exclude_envs):
@@ -151,6 +172,9 @@ def meta_config(args: argparse.Namespace) -> MetaConfig:
         inner_batch=args.inner_batch, neumann_terms=args.neumann_terms,
         neumann_alpha=args.neumann_alpha, hessian_batch=args.hessian_batch,
         val_batch=args.val_batch, eval_examples=args.eval_examples, seed=args.seed,
+        hypergrad_solver=args.hypergrad_solver, cg_damping=args.cg_damping,
+        cg_warm_start=args.cg_warm_start, inner_batching=args.inner_batching,
+        cuda_graphs=args.cuda_graphs == "on",
     )
 
 
@@ -219,6 +243,8 @@ class MetaTrainer:
         self.consecutive_skips = 0
         self.rollback: dict[str, Any] | None = None
         self.records: list[dict[str, Any]] = []
+        # CG warm starts (previous solutions per held-out domain); not checkpointed.
+        self.warm: dict[int, list[torch.Tensor]] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -254,7 +280,8 @@ class MetaTrainer:
         non-finite, and return the log record of this step."""
         start = time.perf_counter()
         w_used = self.w.detach().clone()
-        results = leave_one_domain_out(self.data, w_used, self.family, self.cfg, self.step)
+        results = leave_one_domain_out(self.data, w_used, self.family, self.cfg, self.step,
+                                       warm=self.warm)
         bad = [r for r in results if not r.finite]
         h = None
         reason = "; ".join(f"domain {r.held_out}: {r.reason}" for r in bad)
@@ -300,6 +327,9 @@ class MetaTrainer:
             "lr_scale": self.lr_scale,
             "held_out_accs": [_finite_or_none(r.held_out_acc) for r in results],
             "neumann_ratio_max": _finite_or_none(max(r.neumann_ratio for r in results)),
+            "solver_restarts": sum(r.restarts for r in results),
+            "neumann_alpha_min": _finite_or_none(min(
+                (r.alpha for r in results if math.isfinite(r.alpha)), default=math.nan)),
             "w": [float(v) for v in w_used],
         }
         self.records.append(record)
