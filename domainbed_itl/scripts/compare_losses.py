@@ -5,7 +5,14 @@ meta-learning: ERM with cross-entropy, ERM_ITL with the published omega and, for
 `--learned NAME=FILE`, ERM_ITL with the omega in that file (the JSON `meta.train` writes), all
 on the same splits, test domains and trial seeds. Each run is a real `domainbed.scripts.train`
 subprocess in its own directory, so an interrupted comparison picks up where it stopped: finished
-runs are skipped and a killed run resumes from its last checkpoint.
+runs are reused and a killed run resumes from its last checkpoint.
+
+A run's directory is named by its row and a hash of its complete training arguments
+(`<row>/env<E>_trial<T>_<hash>`), as sweep jobs are: a rerun with another learned loss, other
+steps, seeds or precision trains afresh instead of reporting old numbers under new settings, and
+a finished run is reused only after its recorded arguments are checked against the requested
+ones. Every learned loss is validated, and labels that would share a directory are refused,
+before the first run starts.
 
     python -m domainbed_itl.scripts.compare_losses --data_dir data --output_dir out/compare \\
         --test_envs 0 5 --steps 1000 --learned learned=results/meta_rotatedmnist/learned_loss.json
@@ -14,16 +21,32 @@ runs are skipped and a killed run resumes from its last checkpoint.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import math
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from domainbed.lib import atomic
+from domainbed.lib.reporting import standard_error
+from domainbed.scripts import train as train_script
+from domainbed_itl.algorithms.variants import LOSS_CHOICES, taylor_from_hparams
+
+PROG = "compare_losses"
+# The keys a learned loss file may hold: ERM_ITL's loss hyperparameters.
+LEARNED_KEYS = frozenset(h.name for h in LOSS_CHOICES["ITL"].hparams)
+
+
+class UsageError(ValueError):
+    """Bad input; the message says what to change."""
+
+
+class StepFailed(RuntimeError):
+    """A subprocess of the comparison exited with an error."""
 
 
 @dataclass(frozen=True)
@@ -42,53 +65,93 @@ class Entry:
 BASELINES = (Entry("ERM (cross-entropy)", "ERM"), Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL"))
 
 
+def _read_learned(path: str) -> dict[str, Any]:
+    """The hyperparameters in a learned loss file, checked as ERM_ITL will check them, so a bad
+    file stops the comparison before its first run rather than after the baselines."""
+    advice = "give the learned_loss.json that domainbed_itl.meta.train wrote"
+    try:
+        hparams = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read learned loss {path!r} ({err}); {advice}") from None
+    if not isinstance(hparams, dict) or "itl_omega" not in hparams:
+        raise UsageError(f"{path!r} has no 'itl_omega'; {advice}")
+    unknown = sorted(set(hparams) - LEARNED_KEYS)
+    if unknown:
+        raise UsageError(f"{path!r} holds {', '.join(unknown)}, which ERM_ITL does not take "
+                         f"(only {', '.join(sorted(LEARNED_KEYS))}); {advice}")
+    try:
+        taylor_from_hparams(hparams)
+    except ValueError as err:
+        raise UsageError(f"{path!r}: {err}; {advice}") from None
+    return hparams
+
+
 def learned_entry(spec: str) -> Entry:
     """`NAME=FILE` (or just FILE) -> an ERM_ITL entry with the hyperparameters in FILE."""
     name, _, path = spec.rpartition("=")
-    try:
-        hparams = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise SystemExit(f"compare_losses: error: cannot read learned loss {path!r} ({err}); "
-                         "give the learned_loss.json that domainbed_itl.meta.train wrote") from None
-    if not isinstance(hparams, dict) or "itl_omega" not in hparams:
-        raise SystemExit(f"compare_losses: error: {path!r} has no 'itl_omega'; give the "
-                         "learned_loss.json that domainbed_itl.meta.train wrote")
+    hparams = _read_learned(path)
     return Entry(f"ERM_ITL ({name or Path(path).parent.name})", "ERM_ITL", hparams)
 
 
-def train_command(entry: Entry, args: argparse.Namespace, test_env: int, trial: int,
-                  run_dir: Path) -> list[str]:
-    cmd = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", args.dataset,
-           "--algorithm", entry.algorithm, "--data_dir", args.data_dir,
-           "--test_envs", str(test_env), "--trial_seed", str(trial),
-           "--seed", str(args.seed), "--steps", str(args.steps),
-           "--checkpoint_freq", str(args.checkpoint_freq or args.steps),
-           "--output_dir", str(run_dir), "--skip_model_save"]
+def train_arguments(entry: Entry, args: argparse.Namespace, test_env: int,
+                    trial: int) -> list[str]:
+    """`domainbed.scripts.train`'s arguments for one run, all but --output_dir."""
+    argv = ["--dataset", args.dataset, "--algorithm", entry.algorithm,
+            "--data_dir", args.data_dir, "--test_envs", str(test_env),
+            "--trial_seed", str(trial), "--seed", str(args.seed), "--steps", str(args.steps),
+            "--checkpoint_freq", str(args.checkpoint_freq or args.steps), "--skip_model_save"]
     if args.precision != "fp32":
-        cmd += ["--precision", args.precision]
+        argv += ["--precision", args.precision]
     if entry.hparams:
-        cmd += ["--hparams", json.dumps(entry.hparams)]
-    return cmd
+        argv += ["--hparams", json.dumps(entry.hparams, sort_keys=True)]
+    return argv
 
 
-def run(cmd: list[str], quiet: bool = False, prog: str = "compare_losses") -> None:
-    """Run one job, echoing its command; a failure ends the caller with one line naming it."""
+def run_dir(out: Path, entry: Entry, argv: list[str], test_env: int, trial: int) -> Path:
+    """Where the run with these training arguments lives: the hash makes runs with different
+    arguments land in different directories."""
+    digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:10]
+    return out / entry.slug / f"env{test_env}_trial{trial}_{digest}"
+
+
+def train_command(argv: list[str], directory: Path) -> list[str]:
+    return [sys.executable, "-m", "domainbed.scripts.train", *argv, "--output_dir",
+            str(directory)]
+
+
+def run(cmd: list[str], quiet: bool = False) -> None:
+    """Run one job, echoing its command; StepFailed names it if it fails."""
     print("$", " ".join(cmd), flush=True)
     completed = subprocess.run(cmd, stdout=subprocess.DEVNULL if quiet else None)
     if completed.returncode != 0:
-        sys.exit(f"{prog}: a step failed (exit {completed.returncode}): {' '.join(cmd)}")
+        raise StepFailed(f"a step failed (exit {completed.returncode}): {' '.join(cmd)}")
 
 
-def final_record(run_dir: Path) -> dict:
-    return json.loads((run_dir / "results.jsonl").read_text().splitlines()[-1])
+def finished_record(directory: Path, argv: list[str]) -> dict | None:
+    """The last record of a finished run made with exactly `argv`, None if the run is not
+    finished; UsageError if the directory holds something else."""
+    if not (directory / "done").exists():
+        return None
+    try:
+        record = json.loads((directory / "results.jsonl").read_text().splitlines()[-1])
+        recorded = dict(record["args"])
+    except (OSError, UnicodeDecodeError, ValueError, IndexError, KeyError, TypeError) as err:
+        raise UsageError(f"{directory} is marked done but its results.jsonl is unreadable "
+                         f"({err}); delete {directory} to rerun it") from None
+    requested = vars(train_script.build_parser().parse_args(argv))
+    differing = sorted(k for k in recorded.keys() | requested.keys()
+                       if k != "output_dir" and recorded.get(k) != requested.get(k))
+    if differing:
+        raise UsageError(f"{directory} holds a finished run with other arguments (differing: "
+                         f"{', '.join(differing)}); choose another --output_dir")
+    return record
 
 
 def mean_se(values: list[float]) -> str:
     mean = sum(values) / len(values)
     if len(values) < 2:
         return f"{100 * mean:.1f}"
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return f"{100 * mean:.1f} ± {100 * math.sqrt(var / len(values)):.1f}"
+    return f"{100 * mean:.1f} ± {100 * standard_error(values):.1f}"
 
 
 def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry],
@@ -126,10 +189,13 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
             for trial in args.trial_seeds]
     results: dict[tuple[str, int], list[dict]] = {}
     for entry, env, trial in tqdm(jobs, desc="runs", unit="run", file=sys.stdout):
-        run_dir = out / entry.slug / f"env{env}_trial{trial}"
-        if not (run_dir / "done").exists():
-            run(train_command(entry, args, env, trial, run_dir), args.quiet)
-        results.setdefault((entry.name, env), []).append(final_record(run_dir))
+        argv = train_arguments(entry, args, env, trial)
+        directory = run_dir(out, entry, argv, env, trial)
+        record = finished_record(directory, argv)
+        if record is None:
+            run(train_command(argv, directory), args.quiet)
+            record = finished_record(directory, argv)
+        results.setdefault((entry.name, env), []).append(record)
     budget = (f"{args.dataset}, REDUCED BUDGET: {args.steps} ERM steps per run (DomainBed's is "
               f"5000), default hyperparameters, trial seeds {args.trial_seeds}, "
               f"{args.precision}; test-domain accuracy (%) at the last step, mean ± standard "
@@ -160,14 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def entries(args: argparse.Namespace) -> list[Entry]:
-    """The baselines, then one row per `--learned`."""
-    return [*BASELINES, *(learned_entry(spec) for spec in args.learned)]
+    """The baselines, then one row per `--learned`; every learned file is read and checked, and
+    labels that would share a run directory are refused."""
+    rows = [*BASELINES, *(learned_entry(spec) for spec in args.learned)]
+    by_slug: dict[str, str] = {}
+    for entry in rows:
+        other = by_slug.setdefault(entry.slug, entry.name)
+        if other != entry.name or sum(e.name == entry.name for e in rows) > 1:
+            raise UsageError(f"the rows {other!r} and {entry.name!r} would share the directory "
+                             f"{entry.slug}; give each --learned a distinct NAME")
+    return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    print(compare(args, entries(args)))
+    try:
+        print(compare(args, entries(args)))
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    except StepFailed as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

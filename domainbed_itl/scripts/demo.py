@@ -13,11 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from domainbed.data.mnist import ensure_mnist
+from domainbed.data.mnist import MnistUnavailable, ensure_mnist
 from domainbed_itl.scripts import compare_losses
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--output_dir", default="out/demo")
@@ -28,26 +28,28 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     out = Path(args.output_dir)
-    ensure_mnist(args.data_dir)
-
     meta_dir = out / "meta"
-    compare_losses.run(
-        [sys.executable, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
-         "--data_dir", args.data_dir, "--output_dir", str(meta_dir),
-         "--exclude_envs", str(args.test_env),
-         "--outer_steps", str(args.outer_steps), "--inner_steps", str(args.inner_steps)],
-        prog="demo")
-
-    compare_args = compare_losses.build_parser().parse_args([
-        "--data_dir", args.data_dir, "--output_dir", str(out / "erm"),
-        "--test_envs", str(args.test_env), "--steps", str(args.steps), "--quiet",
-        "--learned", f"learned just now={meta_dir / 'learned_loss.json'}"])
-    report = compare_losses.compare(compare_args, compare_losses.entries(compare_args))
+    try:
+        ensure_mnist(args.data_dir)
+        compare_losses.run(
+            [sys.executable, "-m", "domainbed_itl.meta.train", "--dataset", "RotatedMNIST",
+             "--data_dir", args.data_dir, "--output_dir", str(meta_dir),
+             "--exclude_envs", str(args.test_env),
+             "--outer_steps", str(args.outer_steps), "--inner_steps", str(args.inner_steps)])
+        compare_args = compare_losses.build_parser().parse_args([
+            "--data_dir", args.data_dir, "--output_dir", str(out / "erm"),
+            "--test_envs", str(args.test_env), "--steps", str(args.steps), "--quiet",
+            "--learned", f"learned just now={meta_dir / 'learned_loss.json'}"])
+        report = compare_losses.compare(compare_args, compare_losses.entries(compare_args))
+    except (compare_losses.UsageError, compare_losses.StepFailed, MnistUnavailable) as err:
+        print(f"demo: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, compare_losses.UsageError) else 1
     print()
     print(f"Meta-learning: REDUCED BUDGET, {args.outer_steps} outer steps of {args.inner_steps} "
           "inner steps on the source domains only (the paper's is 200 outer steps).")
     print(report)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
