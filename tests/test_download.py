@@ -25,13 +25,14 @@ import pytest
 from PIL import Image
 from torchvision.datasets import MNIST
 
+from domainbed.data import integrity, recipes
 from domainbed.data import mnist as mnist_source
-from domainbed.data import recipes
 from domainbed.data.integrity import CorruptFileError, FileSpec, atomic_write
 from domainbed.data.layouts import LAYOUTS
 from domainbed.data.recipes import Fetch, Recipe, Rename
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.base import DataUnavailableError
+from domainbed.datasets.mnist import load_mnist
 from domainbed.scripts import download
 
 # The MD5 sums of the uncompressed MNIST files (FACTS.md), independent of our conversion code.
@@ -87,6 +88,51 @@ def test_truncated_idx_file_is_refused_by_the_dataset(mnist_dir, tmp_path):
     assert "\n" not in message
     assert "train-labels-idx1-ubyte" in message and "truncated" in message
     assert f"--data_dir {tmp_path} --datasets MNIST" in message
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF  # same size: only the MD5 can tell
+    path.write_bytes(bytes(data))
+
+
+def _refusal(data_dir: Path) -> str:
+    with pytest.raises(DataUnavailableError) as info:
+        get_dataset_class("RotatedMNIST")(str(data_dir), [0], {})
+    return str(info.value)
+
+
+@pytest.mark.parametrize(("victim", "offset"), [
+    ("train-images-idx3-ubyte", 16 + 28 * 28 * 1234 + 400),  # one pixel of one digit
+    ("t10k-images-idx3-ubyte", 7),  # the header's image count
+    ("t10k-labels-idx1-ubyte", 2),  # the header's type code
+])
+def test_altered_bytes_are_refused_by_the_dataset_in_one_line(mnist_dir, tmp_path, victim,
+                                                              offset):
+    raw = _copy_mnist(mnist_dir, tmp_path)
+    _flip_byte(raw / victim, offset)
+    message = _refusal(tmp_path)
+    assert "\n" not in message
+    assert f"{victim} has MD5" in message and "(corrupt)" in message
+    assert f"python -m domainbed.scripts.download --data_dir {tmp_path} --datasets MNIST" \
+        in message
+
+
+def test_md5_is_computed_once_per_unchanged_file_and_again_after_a_change(
+        mnist_dir, tmp_path, monkeypatch):
+    raw = _copy_mnist(mnist_dir, tmp_path)
+    hashed = []
+    real_md5 = integrity.md5_of
+    monkeypatch.setattr(integrity, "md5_of", lambda path: hashed.append(path) or real_md5(path))
+    images, labels = load_mnist(tmp_path)
+    assert images.shape == (70000, 28, 28) and len(hashed) == 4
+    load_mnist(tmp_path)
+    assert len(hashed) == 4  # nothing was hashed twice
+    _flip_byte(raw / "train-labels-idx1-ubyte", 5000)
+    os.utime(raw / "train-labels-idx1-ubyte", ns=(1, 1))  # a rewrite, whatever the clock says
+    with pytest.raises(DataUnavailableError, match="train-labels-idx1-ubyte has MD5"):
+        load_mnist(tmp_path)
+    assert len(hashed) == 5
 
 
 class _Exploit:
