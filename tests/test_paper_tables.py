@@ -1,0 +1,541 @@
+"""The paper's tables and Fig. 2 (domainbed_itl.scripts.collect_results) on sweep directories
+written here record by record in train's own format, with accuracies chosen so that every cell,
+rank, standard error and missing count below was worked out by hand.
+
+Accuracies are percentages in the comments. Each algorithm's trials add an offset to every
+test accuracy: ERM (-1, 0, +1) -> standard error 0.5; CORAL (0, 0, 0) -> 0.0; ERM_ITL
+(-2, 0, +2) -> 0.9 (population std / sqrt(3)).
+"""
+
+from __future__ import annotations
+
+import configparser
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from domainbed.scripts import collect_results as domainbed_collect
+from domainbed.scripts import train
+from domainbed.scripts.sweep import Job
+from domainbed_itl.scripts import collect_results
+from domainbed_itl.tables import paper
+from domainbed_itl.tables.ranks import average_ranks
+
+REPO = Path(__file__).resolve().parent.parent
+TRIAL_OFFSET = {"ERM": (-0.01, 0.0, 0.01), "CORAL": (0.0, 0.0, 0.0), "ERM_ITL": (-0.02, 0.0, 0.02)}
+
+# Multi-source: test-domain accuracy of the run training-domain validation selects.
+MULTI = {
+    "ColoredMNIST": {  # averages: ERM 50.7, CORAL 50.7 (a tie), ERM_ITL 52.0
+        "ERM": [0.70, 0.72, 0.10], "CORAL": [0.70, 0.72, 0.10], "ERM_ITL": [0.71, 0.73, 0.12],
+    },
+    "VLCS": {  # 77.5, 78.5, 79.0
+        "ERM": [0.97, 0.64, 0.73, 0.76], "CORAL": [0.98, 0.66, 0.73, 0.77],
+        "ERM_ITL": [0.98, 0.65, 0.75, 0.78],
+    },
+    "PACS": {  # 85.0, 86.0, 86.0 (a tie)
+        "ERM": [0.84, 0.80, 0.97, 0.79], "CORAL": [0.88, 0.80, 0.97, 0.79],
+        "ERM_ITL": [0.87, 0.83, 0.96, 0.78],
+    },
+    "OfficeHome": {"ERM": [0.60, 0.50, 0.75, 0.75], "CORAL": [0.65, 0.55, 0.76, 0.78]},  # no ITL
+}
+# Jobs never run: (dataset, algorithm, trial, test_envs, hparams_seed).
+MULTI_ABSENT = {
+    ("VLCS", "CORAL", 2, (3,), 0),  # not the selected run: value unchanged, "[1 missing]"
+    ("PACS", "ERM_ITL", 1, (2,), 0),  # both seeds: trial 1 has no P value, "[2 missing]"
+    ("PACS", "ERM_ITL", 1, (2,), 1),
+}
+
+
+def _train_args(dataset, algorithm, test_envs, hseed, trial):
+    """The args dict train.py writes into every record (its own parser, its defaults)."""
+    argv = ["--dataset", dataset, "--algorithm", algorithm, "--hparams_seed", str(hseed),
+            "--trial_seed", str(trial), "--data_dir", "/data", "--steps", "2",
+            "--test_envs", *map(str, test_envs)]
+    return vars(train.build_parser().parse_args(argv))
+
+
+def _write_job(root, dataset, algorithm, test_envs, hseed, trial, accs_at_step):
+    """One job directory with one record per step; accs_at_step(step) -> (in, out) lists."""
+    sweep_args = _train_args(dataset, algorithm, test_envs, hseed, trial)
+    job = Job({key: sweep_args[key] for key in ("dataset", "algorithm", "test_envs",
+                                                "hparams_seed", "trial_seed")}, str(root))
+    os.makedirs(job.output_dir)
+    lines = []
+    for step in (0, 1):
+        in_accs, out_accs = accs_at_step(step)
+        record = {"step": step, "epoch": step / 10, "loss": 0.5, "step_time": 0.1, "mem_gb": 0.0,
+                  "hparams": {"lr": 1e-3 * (hseed + 1)},
+                  "args": {**sweep_args, "output_dir": job.output_dir}}
+        for env, (acc_in, acc_out) in enumerate(zip(in_accs, out_accs, strict=True)):
+            record[f"env{env}_in_acc"] = acc_in
+            record[f"env{env}_out_acc"] = acc_out
+        lines.append(json.dumps(record, sort_keys=True))
+    Path(job.output_dir, "results.jsonl").write_text("\n".join(lines) + "\n")
+    Path(job.output_dir, "done").write_text("done")
+    return Path(job.output_dir)
+
+
+def _test_acc(base, hseed, step):
+    """Training-domain validation picks (1, 0): base; oracle picks (0, 1): base + 2;
+    leave-one-out picks (0, 0): base - 5."""
+    return round(base + {(1, 0): 0.0, (0, 1): 0.02}.get((hseed, step), -0.05), 6)
+
+
+def write_multi_source(root: Path) -> None:
+    for dataset, algorithms in MULTI.items():
+        n_envs = len(next(iter(algorithms.values())))
+        env_sets = [(env,) for env in range(n_envs)]
+        if n_envs == 3:  # a full sweep: pairs for leave-one-domain-out
+            env_sets += [(0, 1), (0, 2), (1, 2)]
+        for algorithm, bases in algorithms.items():
+            for trial, offset in enumerate(TRIAL_OFFSET[algorithm]):
+                for test_envs in env_sets:
+                    for hseed in (0, 1):
+                        if (dataset, algorithm, trial, test_envs, hseed) in MULTI_ABSENT:
+                            continue
+
+                        def accs(step, test_envs=test_envs, hseed=hseed, bases=bases,
+                                 offset=offset, n_envs=n_envs):
+                            ins, outs = [], []
+                            for env in range(n_envs):
+                                if len(test_envs) == 2:  # pair run
+                                    ins.append(0.8 if (hseed, step) == (0, 0) else 0.4)
+                                    outs.append(0.5)
+                                elif env in test_envs:
+                                    ins.append(_test_acc(bases[env] + offset, hseed, step))
+                                    outs.append(0.9 if hseed == 0 else 0.8)
+                                else:
+                                    ins.append(0.5)
+                                    outs.append(0.7 if (hseed, step) == (1, 0) else 0.6)
+                            return ins, outs
+
+                        _write_job(root, dataset, algorithm, list(test_envs), hseed, trial, accs)
+
+
+# Single-source: target accuracy of the selected run = level + 0.04 * source + 0.01 * target
+# (PACS) or level + 0.10 * source + 0.01 * target (ColoredMNIST), per (dataset, algorithm).
+SINGLE = {"PACS": (0.04, {"ERM": 0.50, "CORAL": 0.50, "ERM_ITL": 0.55}),
+          "ColoredMNIST": (0.10, {"ERM": 0.30, "CORAL": 0.29, "ERM_ITL": 0.32})}
+SINGLE_ABSENT = {("PACS", "ERM_ITL", 2, 3, 0)}  # (dataset, algorithm, trial, source, hseed)
+
+
+def write_single_source(root: Path) -> None:
+    for dataset, (per_source, levels) in SINGLE.items():
+        n_envs = 4 if dataset == "PACS" else 3
+        for algorithm, level in levels.items():
+            for trial, offset in enumerate(TRIAL_OFFSET[algorithm]):
+                for source in range(n_envs):
+                    targets = [env for env in range(n_envs) if env != source]
+                    for hseed in (0, 1):
+                        if (dataset, algorithm, trial, source, hseed) in SINGLE_ABSENT:
+                            continue
+
+                        def accs(step, source=source, hseed=hseed, level=level, offset=offset,
+                                 per_source=per_source, n_envs=n_envs):
+                            ins, outs = [], []
+                            for env in range(n_envs):
+                                if env == source:
+                                    ins.append(0.95)
+                                    outs.append(0.7 if (hseed, step) == (1, 0) else 0.6)
+                                else:
+                                    base = level + per_source * source + 0.01 * env + offset
+                                    ins.append(_test_acc(base, hseed, step))
+                                    outs.append(0.9 if hseed == 0 else 0.8)
+                            return ins, outs
+
+                        _write_job(root, dataset, algorithm, targets, hseed, trial, accs)
+
+
+@pytest.fixture(scope="module")
+def multi_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("multi")
+    write_multi_source(root)
+    # A job killed while writing: half a record whose accuracies would win every selection.
+    victim = next(p for p in root.iterdir() if '"algorithm": "ERM"' in
+                  (p / "results.jsonl").read_text().splitlines()[0]) / "results.jsonl"
+    record = json.loads(victim.read_text().splitlines()[0])
+    record.update({key: 0.99 for key in record if key.endswith("_acc")})
+    text = json.dumps(record)
+    victim.write_text(victim.read_text() + text[: len(text) // 2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def single_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("single")
+    write_single_source(root)
+    return root
+
+
+def report(capsys, *argv) -> str:
+    assert collect_results.main([str(arg) for arg in argv]) == 0
+    return capsys.readouterr().out
+
+
+def rows_under(out: str, title_start: str) -> dict[str, list[str]]:
+    """label -> cells of the plain-text table whose title starts with `title_start`."""
+    lines = out.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"-------- {title_start}"))
+    rows = {}
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break
+        cells = [cell.strip() for cell in line.strip().split("  ") if cell.strip()]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def test_table9_per_domain_cells_missing_counts_and_truncated_line(multi_dir, capsys):
+    out = report(capsys, "--input_dir", multi_dir, "--table", 9)
+    cmnist = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, ColoredMNIST")
+    assert cmnist == {
+        "Algorithm": ["+90%", "+80%", "-90%", "Avg"],
+        "ERM": ["70.0 +/- 0.5", "72.0 +/- 0.5", "10.0 +/- 0.5", "50.7 +/- 0.5"],
+        "CORAL": ["70.0 +/- 0.0", "72.0 +/- 0.0", "10.0 +/- 0.0", "50.7 +/- 0.0"],
+        "ERM_ITL": ["71.0 +/- 0.9", "73.0 +/- 0.9", "12.0 +/- 0.9", "52.0 +/- 0.9"],
+    }
+    vlcs = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, VLCS")
+    assert vlcs["CORAL"] == ["98.0 +/- 0.0", "66.0 +/- 0.0", "73.0 +/- 0.0",
+                             "77.0 +/- 0.0 [1 missing]", "78.5 +/- 0.0 [1 missing]"]
+    pacs = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, PACS")
+    # ERM_ITL's P: trials 0 and 2 only, 94 and 98; Avg: trials 0 and 2, 84 and 88.
+    assert pacs["ERM_ITL"] == ["87.0 +/- 0.9", "83.0 +/- 0.9", "96.0 +/- 1.4 [2 missing]",
+                               "78.0 +/- 0.9", "86.0 +/- 1.4 [2 missing]"]
+    office = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, OfficeHome")
+    assert office["ERM_ITL"] == ["X [6 missing]"] * 4 + ["X [24 missing]"]
+    assert office["CORAL"][-1] == "68.5 +/- 0.0"
+    assert "model selection: training-domain validation set" in out
+
+
+def test_table2_cells_ranks_with_ties_and_the_datasets_they_cover(multi_dir, capsys):
+    out = report(capsys, "--input_dir", multi_dir, "--table", 2)
+    rows = rows_under(out, "Table 2: multi-source accuracy (%), mean over test domains")
+    assert rows == {
+        "Dataset": ["ERM", "CORAL", "ERM_ITL"],
+        "ColoredMNIST": ["50.7 +/- 0.5", "50.7 +/- 0.0", "52.0 +/- 0.9"],
+        "VLCS": ["77.5 +/- 0.5", "78.5 +/- 0.0 [1 missing]", "79.0 +/- 0.9"],
+        "PACS": ["85.0 +/- 0.5", "86.0 +/- 0.0", "86.0 +/- 1.4 [2 missing]"],
+        "OfficeHome": ["65.0 +/- 0.5", "68.5 +/- 0.0", "X [24 missing]"],
+        # ranks: ColoredMNIST 2.5 2.5 1; VLCS 3 2 1; PACS 3 1.5 1.5; OfficeHome left out
+        "Avg. Rank": ["2.83", "2.00", "1.17"],
+    }
+    assert ("averaged over the 3 dataset(s) where every column has a value: ColoredMNIST, "
+            "VLCS, PACS.") in out
+    assert "The paper's names: ERM_ITL = ITL-Net." in out
+
+
+def test_oracle_and_leave_one_out_selection(multi_dir, capsys):
+    out = report(capsys, "--input_dir", multi_dir, "--table", 9, "--selection", "oracle")
+    rows = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, ColoredMNIST")
+    assert rows["ERM"] == ["72.0 +/- 0.5", "74.0 +/- 0.5", "12.0 +/- 0.5", "52.7 +/- 0.5"]
+    assert "model selection: test-domain validation set (oracle)" in out
+    out = report(capsys, "--input_dir", multi_dir, "--table", 9,
+                 "--selection", "leave_one_domain_out")
+    rows = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, ColoredMNIST")
+    assert rows["ERM"] == ["65.0 +/- 0.5", "67.0 +/- 0.5", "5.0 +/- 0.5", "45.7 +/- 0.5"]
+    # VLCS ran no pairs: leave-one-out has nothing to validate on, and no pair job is expected.
+    vlcs = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, VLCS")
+    assert vlcs["ERM"] == ["X"] * 5
+
+
+def test_versus_gives_paired_differences(multi_dir, capsys):
+    out = report(capsys, "--input_dir", multi_dir, "--table", 2, "--versus", "ERM")
+    rows = rows_under(out, "Table 2: multi-source accuracy (%), mean over test domains; model "
+                           "selection: training-domain validation set; difference from ERM")
+    assert rows == {
+        "Dataset": ["CORAL", "ERM_ITL"],
+        # CORAL - ERM per trial: (+1, 0, -1); ERM_ITL - ERM: 1.33 + (-1, 0, +1)
+        "ColoredMNIST": ["0.0 +/- 0.5 (n=3)", "+1.3 +/- 0.5 (n=3)"],
+        "VLCS": ["+1.0 +/- 0.5 (n=3)", "+1.5 +/- 0.5 (n=3)"],
+        # ERM_ITL has trials 0 and 2 only: (84 - 84, 88 - 86)
+        "PACS": ["+1.0 +/- 0.5 (n=3)", "+1.0 +/- 0.7 (n=2)"],
+        "OfficeHome": ["+3.5 +/- 0.5 (n=3)", "X"],
+    }
+    out = report(capsys, "--input_dir", multi_dir, "--table", 9, "--versus", "CORAL")
+    rows = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, PACS; model "
+                           "selection: training-domain validation set; difference from CORAL")
+    assert rows["ERM_ITL"] == ["-1.0 +/- 0.9 (n=3)", "+3.0 +/- 0.9 (n=3)",
+                               "-1.0 +/- 1.4 (n=2)", "-1.0 +/- 0.9 (n=3)", "0.0 +/- 1.4 (n=2)"]
+
+
+def test_markdown_and_latex_carry_the_same_cells(multi_dir, capsys):
+    md = report(capsys, "--input_dir", multi_dir, "--table", 2, "--format", "markdown")
+    assert "| Dataset | ERM | CORAL | ERM_ITL |" in md
+    assert "| VLCS | 77.5 +/- 0.5 | 78.5 +/- 0.0 [1 missing] | 79.0 +/- 0.9 |" in md
+    assert "| Avg. Rank | 2.83 | 2.00 | 1.17 |" in md
+    assert "#### Table 2: multi-source accuracy (%)" in md
+    tex = report(capsys, "--input_dir", multi_dir, "--table", 9, "--format", "latex")
+    rows = [[cell.strip() for cell in line.rstrip(" \\").split("&")]
+            for line in tex.splitlines() if line.startswith("ERM\\_ITL")]
+    assert ["ERM\\_ITL", "71.0 $\\pm$ 0.9", "73.0 $\\pm$ 0.9", "12.0 $\\pm$ 0.9",
+            "52.0 $\\pm$ 0.9"] in rows
+    assert ["ERM\\_ITL"] + ["X [6 missing]"] * 4 + ["X [24 missing]"] in rows
+    assert "\\textbf{+90\\%}" in tex
+    assert tex.count("\\begin{tabular}") == 4
+    assert "% Table 9: multi-source accuracy (\\%)" not in tex  # titles are comments, verbatim
+    assert "% Table 9: multi-source accuracy (%) per test domain, ColoredMNIST" in tex
+
+
+def test_compare_paper_prints_published_figures_beside_cells(multi_dir, capsys):
+    out = report(capsys, "--input_dir", multi_dir, "--table", 2, "--compare_paper")
+    rows = rows_under(out, "Table 2: multi-source accuracy (%), mean over test domains")
+    assert rows["ColoredMNIST"][0] == "50.7 +/- 0.5 (paper 51.5)"
+    assert rows["OfficeHome"][2] == "X [24 missing] (paper 69.3)"
+    assert rows["Avg. Rank"] == ["2.83 (paper 4.17)", "2.00 (paper 3.00)", "1.17 (paper 1.00)"]
+    out = report(capsys, "--input_dir", multi_dir, "--table", 9, "--compare_paper")
+    rows = rows_under(out, "Table 9: multi-source accuracy (%) per test domain, PACS")
+    assert rows["ERM"][0] == "84.0 +/- 0.5 (paper 84.7 ± 0.4)"
+    assert rows["ERM"][-1] == "85.0 +/- 0.5 (paper 85.5)"
+
+
+def test_table4_single_source_cells(single_dir, capsys):
+    out = report(capsys, "--input_dir", single_dir, "--table", 4)
+    rows = rows_under(out, "Table 4: single-source accuracy (%)")
+    assert rows == {
+        "Algorithm": ["PACS", "ColoredMNIST"],
+        # PACS ERM: sources' target means 52.0, 55.7, 59.3, 63.0 -> 57.5
+        # ColoredMNIST ERM: 31.5, 41.0, 50.5 -> 41.0
+        "ERM": ["57.5 +/- 0.5", "41.0 +/- 0.5"],
+        "CORAL": ["57.5 +/- 0.0", "40.0 +/- 0.0"],
+        "ERM_ITL": ["62.5 +/- 0.9 [1 missing]", "43.0 +/- 0.9"],
+    }
+    assert "model selection: training-domain validation set (the source domain's held-out" in out
+    out = report(capsys, "--input_dir", single_dir, "--table", 4, "--selection", "oracle")
+    rows = rows_under(out, "Table 4: single-source accuracy (%)")
+    assert rows["ERM"] == ["59.5 +/- 0.5", "43.0 +/- 0.5"]
+    assert "test-domain validation set (oracle: the target domains' held-out splits)" in out
+
+
+def test_table10_targets_and_their_mean_per_source(single_dir, capsys):
+    out = report(capsys, "--input_dir", single_dir, "--table", 10, "--compare_paper")
+    rows = rows_under(out, "Table 10: single-source accuracy (%) per source domain, targets "
+                           "a/b/c (their mean), PACS")
+    assert rows["Algorithm"] == ["A: C/P/S", "C: A/P/S", "P: A/C/S", "S: A/C/P", "Avg"]
+    assert rows["ERM"] == [
+        "51.0/52.0/53.0 (52.0 +/- 0.5) (paper 65.36/96.23/45.41 69.0)",
+        "54.0/56.0/57.0 (55.7 +/- 0.5) (paper 70.17/86.17/66.02 74.12)",
+        "58.0/59.0/61.0 (59.3 +/- 0.5) (paper 68.07/20.05/16.62 34.91)",
+        "62.0/63.0/64.0 (63.0 +/- 0.5) (paper 24.76/36.05/27.25 29.35)",
+        "57.5 +/- 0.5 (paper 51.85)",
+    ]
+    assert rows["ERM_ITL"][3].startswith("67.0/68.0/69.0 (68.0 +/- 0.9) [1 missing]")
+    cmnist = rows_under(out, "Table 10: single-source accuracy (%) per source domain, targets "
+                             "a/b/c (their mean), ColoredMNIST")
+    assert cmnist["CORAL"] == ["30.0/31.0 (30.5 +/- 0.0)", "39.0/41.0 (40.0 +/- 0.0)",
+                               "49.0/50.0 (49.5 +/- 0.0)", "40.0 +/- 0.0"]
+
+
+def test_table4_compare_paper_is_labelled_by_the_data(single_dir, capsys):
+    out = report(capsys, "--input_dir", single_dir, "--table", 4, "--compare_paper",
+                 "--versus", "ERM")
+    rows = rows_under(out, "Table 4: single-source accuracy (%)")
+    assert rows["ERM"][0] == "57.5 +/- 0.5 (paper 51.85)"
+    assert "headers are swapped relative to Table 10's data" in out
+    versus = rows_under(out, "Table 4: single-source accuracy (%), mean over source domains of "
+                             "the mean over their target domains; model selection: training-"
+                             "domain validation set (the source domain's held-out split); "
+                             "difference from ERM")
+    # ERM_ITL - ERM per trial: 5 + (-1, 0, +1) and 2 + (-1, 0, +1); the job missing in
+    # PACS was not a selected one, so every trial still pairs.
+    assert versus["ERM_ITL"] == ["+5.0 +/- 0.5 (n=3)", "+2.0 +/- 0.5 (n=3)"]
+
+
+def test_tables_1_and_3_from_the_loss_sweeps(tmp_path, capsys):
+    root = tmp_path / "losses"
+    levels = {"ERM": 0.80, "ERM_Focal": 0.81, "ERM_ITL": 0.83, "RSC": 0.79, "RSC_ITL": 0.82}
+    for algorithm, level in levels.items():
+        for test_env in range(4):
+            for hseed in (0, 1):
+                def accs(step, test_env=test_env, hseed=hseed, level=level):
+                    ins = [0.5] * 4
+                    ins[test_env] = _test_acc(level + 0.01 * test_env, hseed, step)
+                    outs = [0.7 if (hseed, step) == (1, 0) else 0.6] * 4
+                    return ins, outs
+
+                _write_job(root, "PACS", algorithm, [test_env], hseed, 0, accs)
+    out = report(capsys, "--input_dir", root, "--table", 1, "--compare_paper")
+    rows = rows_under(out, "Table 1: accuracy (%) per test domain")
+    assert list(rows) == ["Algorithm", "RSC", "RSC_ITL", "ERM", "ERM_ITL", "ERM_Focal"]
+    assert rows["ERM_ITL"] == ["83.0 +/- 0.0 (paper 83.9 ± 0.4)", "84.0 +/- 0.0 (paper 78.9 ± 0.6)",
+                               "85.0 +/- 0.0 (paper 94.8 ± 0.2)", "86.0 +/- 0.0 (paper 80.1 ± 0.6)",
+                               "84.5 +/- 0.0 (paper 84.4)"]
+    assert "ERM = ERM + CE" in out and "RSC = RSC (reimplemented) + CE" in out
+    png = tmp_path / "too_few.png"  # one dataset is one block: no Friedman test, no file
+    assert collect_results.main(["--input_dir", str(root), "--table", "3",
+                                 "--cd_diagram", str(png)]) == 2
+    assert "needs at least 3 algorithms and 2 datasets" in capsys.readouterr().err
+    assert not png.exists()
+    out = report(capsys, "--input_dir", root, "--table", 3, "--compare_paper")
+    rows = rows_under(out, "Table 3: ERM with each loss")
+    assert rows == {
+        "Algorithm": ["PACS"],
+        "ERM": ["81.5 +/- 0.0 (paper 83.9 ± 0.5)"],
+        "ERM_Focal": ["82.5 +/- 0.0 (paper 84.6 ± 0.8)"],
+        "ERM_ITL": ["84.5 +/- 0.0 (paper 86.4 ± 0.5)"],
+        "RSC": ["80.5 +/- 0.0"],
+        "RSC_ITL": ["83.5 +/- 0.0"],
+    }
+
+
+def test_friedman_nemenyi_and_the_diagram(multi_dir, tmp_path, capsys):
+    png = tmp_path / "fig2.png"
+    out = report(capsys, "--input_dir", multi_dir, "--table", 2, "--cd_diagram", png)
+    # The complete datasets' printed means (ERM, CORAL, ERM_ITL), from the table above.
+    expected = stats.friedmanchisquare([50.7, 77.5, 85.0], [50.7, 78.5, 86.0], [52.0, 79.0, 86.0])
+    assert (f"Friedman test over 3 datasets (blocks) and 3 algorithms: chi-square = "
+            f"{expected.statistic:.3f}, p = {expected.pvalue:.4g}") in out
+    # Demsar (2006), Table 5: q_0.05 = 2.343 for 3 algorithms; CD = q sqrt(3 * 4 / (6 * 3))
+    cd = float(out.split("CD = ")[1].split()[0])
+    assert cd == pytest.approx(2.343 * np.sqrt(12 / 18), abs=1e-3)
+    assert "Average ranks (1 = best): ERM_ITL 1.17, CORAL 2.00, ERM 2.83" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+    out = report(capsys, "--input_dir", multi_dir, "--table", 2, "--cd_diagram", png,
+                 "--cd_blocks", "domain")
+    per_domain = {  # ColoredMNIST, VLCS, PACS test domains; OfficeHome lacks ERM_ITL
+        "ERM": [70, 72, 10, 97, 64, 73, 76, 84, 80, 97, 79],
+        "CORAL": [70, 72, 10, 98, 66, 73, 77, 88, 80, 97, 79],
+        "ERM_ITL": [71, 73, 12, 98, 65, 75, 78, 87, 83, 96, 78],
+    }
+    expected = stats.friedmanchisquare(*per_domain.values())
+    assert (f"Friedman test over 11 (dataset, test domain) pairs (blocks) and 3 algorithms: "
+            f"chi-square = {expected.statistic:.3f}") in out
+    assert "Blocks: ColoredMNIST/+90%, ColoredMNIST/+80%" in out
+
+
+def test_format_mean_keeps_the_public_digits():
+    """Our format_mean now uses reporting.standard_error; the public formula is
+    100 * np.std(values / sqrt(n)). Same text on many seeded draws."""
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        values = np.round(rng.random(rng.integers(1, 6)), 4)
+        public_err = 100 * np.std(list(values) / np.sqrt(len(values)))
+        public = f"{100 * np.mean(values):.1f} +/- {public_err:.1f}"
+        assert domainbed_collect.format_mean(list(values), False)[2] == public
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--table", "5"], "unknown table '5'; choose one of 1, 2, 3, 4, 9, 10"),
+    (["--table", "4"], "table 4 reads single-source sweeps, but the input also holds "
+                       "multi-source runs"),
+    (["--table", "2", "--versus", "IRM"], "--versus IRM: no records of it"),
+])
+def test_usage_errors_on_multi_source_input(multi_dir, capsys, argv, message):
+    assert collect_results.main(["--input_dir", str(multi_dir), *argv]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if not line.startswith("warning: ")]  # the truncated line's warning
+    assert len(err) == 1 and err[0].startswith(f"collect_results: error: {message}")
+
+
+def test_usage_errors_on_single_source_input(single_dir, tmp_path, capsys):
+    assert collect_results.main(["--input_dir", str(single_dir), "--table", "2"]) == 2
+    assert "table 2 reads multi-source sweeps, but the input also holds single-source runs" in (
+        capsys.readouterr().err)
+    argv = ["--input_dir", str(single_dir), "--table", "10", "--selection",
+            "leave_one_domain_out"]
+    assert collect_results.main(argv) == 2
+    assert "does not apply to single-source tables" in capsys.readouterr().err
+    # Single-source blocks: PACS and ColoredMNIST, 3 algorithms.
+    png = tmp_path / "cd.png"
+    argv = ["--input_dir", str(single_dir), "--table", "4", "--cd_diagram", str(png)]
+    assert collect_results.main(argv) == 0 and png.stat().st_size > 1000
+    assert "Friedman test over 2 datasets (blocks) and 3 algorithms" in capsys.readouterr().out
+
+
+def test_cli_errors_in_a_subprocess(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "domainbed_itl.scripts.collect_results",
+         "--input_dir", str(tmp_path / "empty"), "--table", "2"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"collect_results: error: no records in {tmp_path / 'empty'}: run the sweep first, "
+        "or give the directory that holds its job directories"
+    ]
+
+
+def test_several_directories_and_the_truncated_line(multi_dir, single_dir, capsys):
+    argv = ["--input_dir", str(multi_dir), "--input_dir", str(single_dir), "--table", "2"]
+    assert collect_results.main(argv) == 2  # the single-source directory is not Table 2's
+    assert "holds single-source runs" in capsys.readouterr().err
+    argv = ["--input_dir", str(multi_dir), "--input_dir", str(multi_dir), "--table", "2"]
+    assert collect_results.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err.count("skipped a truncated last line") == 2
+    # the same sweep twice: every record twice, the same selected runs, the same cells
+    rows = rows_under(out, "Table 2: multi-source accuracy (%), mean over test domains")
+    assert rows["VLCS"] == ["77.5 +/- 0.5", "78.5 +/- 0.0 [1 missing]", "79.0 +/- 0.9"]
+
+
+# The published figures.
+
+def test_published_table2_shape_and_itl_row():
+    table2 = paper.published()["tables"]["2"]
+    datasets = ["ColoredMNIST", "VLCS", "PACS", "TerraIncognita", "OfficeHome", "DomainNet"]
+    algorithms = ["ERM", "SagNet", "CORAL", "CDANN", "RSC", "ERM_ITL"]
+    assert list(table2) == datasets + ["Avg. Rank"]
+    assert all(list(table2[d]) == algorithms for d in table2)
+    assert [table2[d]["ERM_ITL"]["Avg"] for d in datasets] == [
+        "52.0", "78.9", "86.4", "51.0", "69.3", "41.6"]
+    assert paper.figure("2", "PACS", "RSC", "Avg") == "85.2"
+    assert paper.figure("9", "PACS", "RSC", "Avg") == "84.9"
+    assert paper.figure("9", "TerraIncognita", "ERM_ITL", "L100") == "58.4 ± 3.7"
+
+
+def test_published_rank_row_is_ordinal_ranks_of_the_printed_figures():
+    """The paper breaks ties by column order; ours average them (see the data file's note)."""
+    table2 = paper.published()["tables"]["2"]
+    values = pd.DataFrame({a: [float(table2[d][a]["Avg"]) for d in table2 if d != "Avg. Rank"]
+                           for a in table2["PACS"]})
+    ordinal = np.mean([stats.rankdata(-row, method="ordinal") for row in values.to_numpy()], 0)
+    assert [f"{rank:.2f}" for rank in ordinal] == [
+        table2["Avg. Rank"][a]["Avg"] for a in values.columns]
+    assert [round(r, 2) for r in average_ranks(values)] == [4.33, 2.83, 2.92, 5.08, 4.83, 1.0]
+
+
+def test_published_table4_is_labelled_by_table10s_data():
+    tables = paper.published()["tables"]
+    for dataset in ("VLCS", "PACS", "TerraIncognita", "OfficeHome"):
+        for algorithm in ("ERM", "ERM_ITL"):
+            assert tables["4"][dataset][algorithm]["Avg"] == tables["10"][dataset][algorithm]["Avg"]
+    assert tables["4"]["TerraIncognita"]["ERM"]["Avg"] == "53.57"
+    assert tables["4"]["OfficeHome"]["ERM_ITL"]["Avg"] == "35.09"
+    assert any("header" in note and "swapped" in note for note in paper.published()["note"])
+
+
+def test_published_table10_cells_are_consistent_transcriptions():
+    from domainbed import datasets as registry
+
+    for dataset, rows in paper.published()["tables"]["10"].items():
+        envs = registry.get_dataset_class(dataset).ENVIRONMENTS
+        for cells in rows.values():
+            assert list(cells) == [*envs, "Avg"]
+            means = []
+            for source in envs:
+                targets, mean = cells[source].split(" ")
+                values = [float(v) for v in targets.split("/")]
+                assert len(values) == 3 and abs(np.mean(values) - float(mean)) < 0.006
+                means.append(float(mean))
+            assert abs(np.mean(means) - float(cells["Avg"])) < 0.006
+
+
+def test_published_data_ships_with_the_package():
+    config = configparser.ConfigParser()
+    config.read(REPO / "setup.cfg")
+    patterns = [p.strip() for p in config["options.package_data"]["domainbed_itl"].split(",")]
+    # setuptools globs each pattern in the package's directory
+    shipped = {path for pattern in patterns
+               for path in glob.glob(pattern, root_dir=REPO / "domainbed_itl")}
+    assert "tables/published.json" in shipped
+    assert "scikit-posthocs" in config["options"]["install_requires"]
