@@ -16,6 +16,7 @@ from pathlib import Path
 
 from domainbed.data import http
 from domainbed.data.recipes import ALIASES, RECIPES, DownloadError
+from domainbed.lib.output_dir import OutputDirError, make_output_dir
 
 
 def _dataset_name(value: str) -> str:
@@ -49,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     names = list(RECIPES) if "all" in args.datasets else list(dict.fromkeys(args.datasets))
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        make_output_dir(args.data_dir, "--data_dir")
+    except OutputDirError as err:
+        print(f"download: error: {err}", file=sys.stderr)
+        return 2
     failed = 0
     for name in names:
         try:

@@ -37,7 +37,13 @@ from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib.misc import seed_hash
 from domainbed.lib.output_dir import check_output_dir, make_output_dir
 from domainbed_itl.meta.cma_state import Generation, SearchState, read_state, replay
-from domainbed_itl.meta.families import INIT_PRESETS, LossFamily, initial_w, make_family
+from domainbed_itl.meta.families import (
+    INIT_PRESETS,
+    LossFamily,
+    initial_w,
+    make_family,
+    w_from_file,
+)
 from domainbed_itl.meta.outer import DomainSet, MetaConfig, leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.state import (
     ConfigMismatchError,
@@ -46,7 +52,7 @@ from domainbed_itl.meta.state import (
     check_config,
     rewrite_log,
 )
-from domainbed_itl.meta.train import drop_envs, load_domains
+from domainbed_itl.meta.train import check_dataset, drop_envs, load_domains
 
 LOG = "log.jsonl"
 LEARNED = "learned_loss.json"
@@ -146,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget < 1 or args.inner_steps < 1 or not args.sigma0 > 0 or args.popsize < 0:
             raise ValueError("--budget and --inner_steps must be >= 1, --sigma0 > 0, "
                              "--popsize >= 0")
+        check_dataset(args.dataset)
         family = make_family(args.family, args.order)
+        if args.init not in INIT_PRESETS:
+            w_from_file(family, args.init)  # a bad file is refused before the data loads
         out = check_output_dir(args.output_dir)
         saved = load_state(out, family.n_params)
         domains, num_classes = load_domains(args.dataset, args.data_dir, args.seed)

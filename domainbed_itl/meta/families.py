@@ -165,16 +165,30 @@ def make_family(name: str, order: int = 4) -> LossFamily:
 def initial_w(
     family: LossFamily, init: str, num_classes: int, generator: torch.Generator
 ) -> torch.Tensor:
-    """Starting w from a preset name or a JSON file (a learned_loss.json, any dict of the
-    family's hparams, or a plain list), checked for size and finiteness."""
+    """Starting w from a preset name or a JSON file (see w_from_file), checked for size and
+    finiteness."""
     if init in INIT_PRESETS:
-        w = family.preset(init, num_classes, generator)
-    else:
-        path = Path(init)
-        if not path.is_file():
-            raise ValueError(f"--init {init!r} is neither {', '.join(INIT_PRESETS)} nor a file")
-        w = torch.tensor(_values_from_json(json.loads(path.read_text()), family),
-                         dtype=torch.float32)
+        return _checked(family.preset(init, num_classes, generator), family)
+    return w_from_file(family, init)
+
+
+def w_from_file(family: LossFamily, init: str) -> torch.Tensor:
+    """w from a JSON file: a learned_loss.json, any dict of the family's hparams, or a plain
+    list; anything else is a ValueError saying what the file must hold."""
+    path = Path(init)
+    if not path.is_file():
+        raise ValueError(f"--init {init!r} is neither {', '.join(INIT_PRESETS)} nor a file")
+    try:
+        values = _values_from_json(json.loads(path.read_text()), family)
+        w = torch.tensor(values, dtype=torch.float32)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        message = " ".join(str(err).split())
+        raise ValueError(f"--init {init!r} holds no {family.spec()} w ({message:.200}); give a "
+                         "learned_loss.json or a JSON list of numbers") from None
+    return _checked(w, family)
+
+
+def _checked(w: torch.Tensor, family: LossFamily) -> torch.Tensor:
     if w.shape != (family.n_params,):
         raise ValueError(f"{family.spec()} needs {family.n_params} values, got {tuple(w.shape)}")
     if not all(math.isfinite(float(v)) for v in w):
@@ -184,9 +198,16 @@ def initial_w(
 
 def _values_from_json(obj: Any, family: LossFamily) -> list[float]:
     if isinstance(obj, list):
-        return [float(v) for v in obj]
-    if isinstance(obj, dict) and "itl_omega" in obj:
-        return [float(v) for v in obj["itl_omega"]]
+        return [_number(v) for v in obj]
+    if isinstance(obj, dict) and "itl_omega" in obj and isinstance(obj["itl_omega"], list):
+        return [_number(v) for v in obj["itl_omega"]]
     if isinstance(obj, dict) and "isce_alpha" in obj:
-        return [float(obj["isce_alpha"]), float(obj["isce_beta"])]
+        return [_number(obj["isce_alpha"]), _number(obj["isce_beta"])]
     raise ValueError(f"cannot read a {family.spec()} w from {obj!r:.200}")
+
+
+def _number(value: Any) -> float:
+    """A JSON number as a float; strings and booleans are not numbers here."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{value!r:.50} is not a number")
+    return float(value)

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,28 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The saved state, or None when there is no checkpoint yet."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read; the message says what to do instead."""
+
+
+def load_checkpoint(path: Path, required: Iterable[str] = ()) -> dict[str, Any] | None:
+    """The saved state, or None when there is no checkpoint yet; CheckpointError for a file
+    that is damaged, holds no state dict with the `required` keys, or is not plain data
+    (`weights_only`: nothing but tensors and containers is ever unpickled)."""
     path = Path(path)
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing = sorted(set(required) - set(state)) if isinstance(state, dict) else ["a dict"]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+    except Exception as err:  # torch reports damage as RuntimeError, UnpicklingError, EOFError...
+        first = next(iter(str(err).strip().splitlines()), type(err).__name__)
+        raise CheckpointError(f"{path} is damaged or not a checkpoint of this program "
+                              f"({first[:200]}); delete it to start this run over, or choose a "
+                              "new --output_dir") from None
+    return state
 
 
 def check_config(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -29,11 +29,18 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from domainbed import hparams_registry
+from domainbed import datasets, hparams_registry
 from domainbed.datasets import get_dataset_class
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib.misc import seed_hash
-from domainbed_itl.meta.families import INIT_PRESETS, LossFamily, initial_w, make_family
+from domainbed.lib.output_dir import check_output_dir, make_output_dir
+from domainbed_itl.meta.families import (
+    INIT_PRESETS,
+    LossFamily,
+    initial_w,
+    make_family,
+    w_from_file,
+)
 from domainbed_itl.meta.guard import all_finite, require_finite
 from domainbed_itl.meta.linear_solve import SOLVERS, parse_alpha
 from domainbed_itl.meta.outer import (
@@ -46,7 +53,6 @@ from domainbed_itl.meta.outer import (
 from domainbed_itl.meta.plot import plot_learning_curve
 from domainbed_itl.meta.splits import BATCHING
 from domainbed_itl.meta.state import (
-    ConfigMismatchError,
     append_log,
     atomic_write_json,
     check_config,
@@ -60,6 +66,9 @@ CHECKPOINT = "checkpoint.pt"
 LOG = "log.jsonl"
 LEARNED = "learned_loss.json"
 CURVE = "learning_curve.png"
+# What a checkpoint must hold to resume from.
+CHECKPOINT_KEYS = ("config", "w", "opt", "step", "lr_scale", "consecutive_skips", "rollback",
+                   "records")
 # Settings that may change between the pieces of one resumed run.
 OPERATIONAL = ("outer_steps", "device", "threads", "max_skips", "data_dir", "output_dir",
                "inner_batching", "cuda_graphs")
@@ -146,6 +155,14 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("--neumann_terms must be >= 0 and --hidden widths >= 1")
     if len(set(args.exclude_envs)) != len(args.exclude_envs):
         raise ValueError(f"--exclude_envs lists an environment twice: {args.exclude_envs}")
+    check_dataset(args.dataset)
+
+
+def check_dataset(name: str) -> None:
+    """Refuse an unknown --dataset by name, before seconds of loading (used by cmaes too)."""
+    if name not in datasets.DATASETS:
+        raise ValueError(f"unknown --dataset {name!r}; choose one of: "
+                         + ", ".join(datasets.DATASETS))
 
 
 def drop_envs(
@@ -369,26 +386,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         validate(args)
         family = make_family(args.family, args.order)
-        out = Path(args.output_dir)
+        if args.init not in INIT_PRESETS:
+            w_from_file(family, args.init)  # a bad file is refused before the data loads
+        out = check_output_dir(args.output_dir)
+        saved = load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS)
         domains, num_classes = load_domains(args.dataset, args.data_dir, args.seed)
         domains = drop_envs(domains, args.exclude_envs)
         w0 = initial_w(family, args.init, num_classes,
                        torch.Generator().manual_seed(seed_hash(args.seed, "init")))
         config = run_config(args, family, w0)
-        saved = load_checkpoint(out / CHECKPOINT)
         if saved is not None:
             check_config(saved["config"], config)
-    except (ValueError, DataUnavailableError, ConfigMismatchError) as err:
+        make_output_dir(out)
+    except (ValueError, DataUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
-    out.mkdir(parents=True, exist_ok=True)
     cfg = meta_config(args)
     data = make_domain_set(domains, num_classes, cfg.eval_examples, args.seed, args.device)
     trainer = MetaTrainer(data, family, cfg, w0, args.outer_optimizer, args.outer_lr,
                           args.surgery, args.outer_step_scale)
     if saved is not None:
-        trainer.load_state_dict(saved)
+        try:
+            trainer.load_state_dict(saved)
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            print(f"error: {out / CHECKPOINT} does not fit this run ({reason}); delete it to "
+                  "start over, or choose a new --output_dir", file=sys.stderr)
+            return 2
         rewrite_log(out / LOG, trainer.records)
     else:
         rewrite_log(out / LOG, [])

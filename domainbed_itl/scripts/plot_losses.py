@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from domainbed.lib.output_dir import OutputDirError, check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
 
 MAX_ORDER = 8
@@ -81,13 +82,18 @@ def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 4
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp, dpi=120)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="plot_losses", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("fig5_losses.png"))
     parser.add_argument("--omega", type=float, nargs="+", action="append", default=[],
                         help="parameters of another Taylor loss to plot; repeat for several")
@@ -99,7 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         panels(args.omega)
     except ValueError as error:
         parser.error(str(error))
-    plot(args.out, args.omega, args.num_classes)
+    try:
+        if args.out.is_dir():
+            raise OutputDirError(f"--out {args.out} is a directory; name the PNG file to write")
+        check_output_dir(args.out.parent, "the directory of --out")
+    except OutputDirError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    try:
+        plot(args.out, args.omega, args.num_classes)
+    except OSError as error:  # e.g. a full disk: the figure is not written, nothing half done
+        print(f"{parser.prog}: error: cannot write {args.out} ({error.strerror or error})",
+              file=sys.stderr)
+        return 1
     print(f"wrote {args.out}")
     return 0
 
