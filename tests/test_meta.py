@@ -278,10 +278,15 @@ def test_one_outer_step_changes_w_and_writes_loadable_outputs(
     assert 0.0 <= record["held_out_acc"] <= 1.0 and record["hypergrad_norm"] > 0
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
-    # Same settings continue; different settings are refused with a clear message.
+    # Same settings continue (clearing what a kill during a write would leave); different
+    # settings are refused with a clear message.
+    leftovers = [out / ".checkpoint.pt.a1b2.tmp", out / ".learned_loss.json.c3.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
     assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                               "--outer_steps", "1", *TINY]) == 0
     assert len(_records(out)) == 1
+    assert not any(path.exists() for path in leftovers)
     assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                               "--outer_steps", "2", "--inner_lr", "0.02", *TINY]) == 2
     assert "inner_lr: saved 0.01, now 0.02" in capsys.readouterr().err

@@ -50,6 +50,7 @@ from domainbed_itl.meta.state import (
     atomic_write_bytes,
     atomic_write_json,
     check_config,
+    remove_temporaries,
     rewrite_log,
 )
 from domainbed_itl.meta.train import check_dataset, drop_envs, load_domains
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    remove_temporaries(out, (STATE, LOG, LEARNED))
 
     cfg = MetaConfig(hidden=tuple(args.hidden), inner_steps=args.inner_steps,
                      inner_lr=args.inner_lr, inner_batch=args.inner_batch,

@@ -41,6 +41,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def remove_temporaries(directory: Path, names: Iterable[str]) -> None:
+    """Delete what atomic_write_bytes left of `names` when a kill struck mid-write: the next run
+    in the directory would never read those files, only trip over them."""
+    for name in names:
+        for leftover in Path(directory).glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     """JSON (indented, newline-terminated) written atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())

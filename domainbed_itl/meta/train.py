@@ -57,6 +57,7 @@ from domainbed_itl.meta.state import (
     atomic_write_json,
     check_config,
     load_checkpoint,
+    remove_temporaries,
     rewrite_log,
     save_checkpoint,
 )
@@ -401,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    remove_temporaries(out, (CHECKPOINT, LOG, LEARNED, CURVE))
 
     cfg = meta_config(args)
     data = make_domain_set(domains, num_classes, cfg.eval_examples, args.seed, args.device)
