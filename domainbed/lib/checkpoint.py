@@ -8,7 +8,8 @@ for bit. An algorithm with plain-Python counters must expose them through
 `nn.Module.get_extra_state` / `set_extra_state` (or keep them in buffers) to be resumed exactly.
 
 The state is loaded with `weights_only=True`: only tensors and plain containers are unpickled,
-so a resume file cannot run code.
+so a resume file cannot run code. A file that does not load, or does not fit the run it should
+resume, is refused with an `UnreadableState` before the run changes anything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ import torch
 from domainbed.lib import atomic
 
 RESUME_FILE = "resume.pt"
+# What `capture` stores, with the type each field must have.
+_FIELDS: dict[str, type] = {"args": dict, "next_step": int, "records": list, "algorithm": dict,
+                            "optimisers": dict, "loaders": list, "rng": dict}
+
+
+class UnreadableState(ValueError):
+    """A resume state that is damaged or belongs to another run; the message says what to do."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} {reason}; delete it to start this run over")
 
 
 class Resumable(Protocol):
@@ -75,8 +86,19 @@ def capture(algorithm: torch.nn.Module, loaders: list[Resumable], next_step: int
     }
 
 
-def restore(state: dict[str, Any], algorithm: torch.nn.Module, loaders: list[Resumable]) -> None:
-    """Put a freshly built run (same arguments) back where `capture` found the old one."""
+def restore(state: dict[str, Any], algorithm: torch.nn.Module, loaders: list[Resumable],
+            output_dir: str) -> None:
+    """Put a freshly built run (same arguments) back where `capture` found the old one; raise
+    UnreadableState if the state does not fit it."""
+    try:
+        _restore(state, algorithm, loaders)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as err:
+        reason = " ".join(str(err).split())[:200]
+        raise UnreadableState(os.path.join(output_dir, RESUME_FILE),
+                              f"does not fit this run ({reason})") from err
+
+
+def _restore(state: dict[str, Any], algorithm: torch.nn.Module, loaders: list[Resumable]) -> None:
     algorithm.load_state_dict(state["algorithm"])
     optimisers = _optimisers(algorithm)
     if set(optimisers) != set(state["optimisers"]):
@@ -98,11 +120,24 @@ def save(state: dict[str, Any], output_dir: str) -> None:
 
 
 def load(output_dir: str) -> dict[str, Any] | None:
-    """The resume state in `output_dir`, or None when there is none."""
+    """The resume state in `output_dir`, or None when there is none; UnreadableState when the
+    file is damaged."""
     path = os.path.join(output_dir, RESUME_FILE)
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a damaged file fails in many ways: zip, unpickler, EOF, ...
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise UnreadableState(path, f"cannot be read ({first_line})") from err
+    if not isinstance(state, dict):
+        raise UnreadableState(path, "is not a resume state")
+    for field, kind in _FIELDS.items():
+        if not isinstance(state.get(field), kind):
+            raise UnreadableState(path, f"is not a resume state (no valid {field!r})")
+    if not all(isinstance(record, str) for record in state["records"]):
+        raise UnreadableState(path, "is not a resume state (its records are not text)")
+    return state
 
 
 def discard(output_dir: str) -> None:

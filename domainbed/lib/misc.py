@@ -7,9 +7,11 @@ they are drawn the same way.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO
 
 import numpy as np
 import torch
@@ -106,25 +108,42 @@ def accuracy(network: torch.nn.Module, loader: Iterable, weights: torch.Tensor |
 
 
 class Tee:
-    """A write-only stream that copies everything to the current sys.stdout and to a file.
+    """A write-only stream that copies everything to `stream` (sys.stdout by default) and to a
+    file.
 
     Installed as sys.stdout / sys.stderr by the training script so a run's log survives in its
-    output directory; every write is flushed so `tail -f` and a killed job see all of it.
+    output directory; every write is flushed so `tail -f` and a killed job see all of it. If
+    the file cannot be written (a full disk), the copy stops and `stream` still gets everything:
+    a log line must not be what kills a run, and the next checkpoint write reports the disk.
     """
 
-    def __init__(self, fname: str, mode: str = "a"):
-        self.stdout = sys.stdout
-        self.file = open(fname, mode)  # stays open for the life of the process
+    def __init__(self, fname: str, mode: str = "a", stream: IO[str] | None = None):
+        self.stdout = stream if stream is not None else sys.stdout
+        self.file: IO[str] | None = open(fname, mode)  # stays open for the life of the process
 
     def write(self, message: str) -> int:
         self.stdout.write(message)
-        self.file.write(message)
+        self._to_file(lambda file: file.write(message))
         self.flush()
         return len(message)
 
     def flush(self) -> None:
         self.stdout.flush()
-        self.file.flush()
+        self._to_file(lambda file: file.flush())
+
+    def close(self) -> None:
+        self._to_file(lambda file: file.close())
+        self.file = None
+
+    def _to_file(self, action: Callable[[IO[str]], object]) -> None:
+        if self.file is None:
+            return
+        try:
+            action(self.file)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
 
     def isatty(self) -> bool:
         return False

@@ -26,6 +26,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -36,8 +37,9 @@ import torchvision
 
 from domainbed import algorithms, datasets, hparams_registry
 from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
-from domainbed.lib import atomic, checkpoint, misc
+from domainbed.lib import atomic, checkpoint, joblock, misc
 from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
+from domainbed.lib.output_dir import OutputDirError, check_output_dir, make_output_dir
 from domainbed.networks import PretrainedWeightsUnavailable
 
 RESULTS_FILE = "results.jsonl"
@@ -109,7 +111,12 @@ def check_args(args: argparse.Namespace) -> None:
     if bad:
         raise UsageError(f"--test_envs {bad} out of range: {args.dataset} has environments "
                          f"0..{n_envs - 1}")
-    if len(set(args.test_envs)) >= n_envs:
+    repeated = sorted({e for e in args.test_envs if args.test_envs.count(e) > 1})
+    if repeated:
+        # A repeat would count as one more held-out domain: the algorithm would be built for
+        # fewer training domains than it is given.
+        raise UsageError(f"--test_envs lists environment {repeated[0]} more than once")
+    if len(args.test_envs) >= n_envs:
         raise UsageError(f"--test_envs leaves no environment of {args.dataset} to train on")
     if not 0 < args.holdout_fraction < 1:
         raise UsageError(f"--holdout_fraction must lie in (0, 1), got {args.holdout_fraction}")
@@ -131,6 +138,14 @@ def check_args(args: argparse.Namespace) -> None:
                              "pass an object such as '{\"lr\": 0.001}'") from None
         if not isinstance(overrides, dict):
             raise UsageError("--hparams must be a JSON object, such as '{\"lr\": 0.001}'")
+        try:
+            hparams_registry.validate_overrides(args.algorithm, args.dataset, overrides)
+        except hparams_registry.InvalidHParam as err:
+            raise UsageError(f"--hparams: {err}") from None
+    try:
+        check_output_dir(args.output_dir)
+    except OutputDirError as err:
+        raise UsageError(str(err)) from None
 
 
 def resolve_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,12 +175,24 @@ def _refuse_different(previous: dict[str, Any], args: dict[str, Any], what: str)
 
 
 def _finished_args(output_dir: str) -> dict[str, Any] | None:
+    """The arguments a finished run recorded; UsageError if its results.jsonl is damaged."""
     path = os.path.join(output_dir, RESULTS_FILE)
     if not os.path.exists(path):
         return None
-    with open(path) as handle:
-        lines = [line for line in handle if line.strip()]
-    return json.loads(lines[-1])["args"] if lines else None
+    args = None
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                args = json.loads(line)["args"]
+            except (json.JSONDecodeError, TypeError, KeyError):
+                args = None
+            if not isinstance(args, dict):
+                raise UsageError(f"--output_dir {output_dir} holds a finished run whose "
+                                 f"{RESULTS_FILE} is damaged (line {number}); delete the "
+                                 "directory to run it again")
+    return args
 
 
 def previous_run(args: argparse.Namespace) -> tuple[bool, dict[str, Any] | None]:
@@ -178,7 +205,7 @@ def previous_run(args: argparse.Namespace) -> tuple[bool, dict[str, Any] | None]
             _refuse_different(finished, vars(args), "a finished run")
         checkpoint.discard(out)  # left over if the run died between `done` and its cleanup
         return True, None
-    state = checkpoint.load(out)
+    state = checkpoint.load(out)  # raises UnreadableState for a damaged file
     if state is not None:
         _refuse_different(state["args"], vars(args), "an interrupted run")
         return False, state
@@ -211,10 +238,15 @@ def make_splits(dataset: MultipleDomainDataset, args: argparse.Namespace,
 
 
 def open_log(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
-    """Create the output directory, copy stdout/stderr into it, and log the run's setup."""
-    os.makedirs(args.output_dir, exist_ok=True)
-    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"))
-    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"))
+    """Create the output directory, clear what killed writes left in it, copy stdout/stderr
+    into it, and log the run's setup."""
+    make_output_dir(args.output_dir)
+    leftovers = atomic.remove_leftovers(args.output_dir)
+    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.stdout)
+    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"), stream=sys.stderr)
+    if leftovers:
+        print(f"Removed {len(leftovers)} temporary files left by an interrupted write: "
+              + ", ".join(leftovers))
     print("Environment:")
     print(f"\tPython: {sys.version.split(' ')[0]}")
     print(f"\tPyTorch: {torch.__version__}")
@@ -301,20 +333,22 @@ def train(args: argparse.Namespace) -> int:
     try:
         algorithm = algorithms.get_algorithm_class(args.algorithm)(
             dataset.input_shape, dataset.num_classes, num_domains, hparams)
-    except ValueError as err:  # a hyperparameter the algorithm cannot use, e.g. a bad itl_omega
+    except (ValueError, NotImplementedError) as err:  # e.g. a bad itl_omega, or vit: true
         raise UsageError(f"cannot build {args.algorithm} with these hyperparameters ({err}); "
                          "fix --hparams") from err
     algorithm.to(device)
     streams = train_loaders + uda_loaders
 
-    # Setup is over and nothing failed: from here on the run writes into its directory.
-    open_log(args, hparams)
-
     start_step, records = 0, []
-    if state is not None:
-        checkpoint.restore(state, algorithm, streams)
+    resuming = state is not None
+    if resuming:
+        checkpoint.restore(state, algorithm, streams, args.output_dir)
         start_step, records = state["next_step"], state["records"]
         del state
+
+    # Setup is over and nothing failed: from here on the run writes into its directory.
+    open_log(args, hparams)
+    if resuming:
         _write_results(args.output_dir, records)  # drop anything written after the checkpoint
         print(f"Resuming from step {start_step} ({len(records)} records so far)")
 
@@ -379,19 +413,36 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error(message: str) -> None:
+    message = " ".join(message.split())
+    print(f"domainbed.scripts.train: error: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when done, 2 for input to change, 1 for a failure of the machine (a full disk)
+    or of the code. Every message goes to the terminal and, once the run has opened its log,
+    to its err.txt as well: the streams are restored only after it is printed."""
     args = build_parser().parse_args(argv)
     stdout, stderr = sys.stdout, sys.stderr
     try:
-        return train(args)
-    except (UsageError, DataUnavailableError, PretrainedWeightsUnavailable) as err:
-        message = " ".join(str(err).split())
-        print(f"domainbed.scripts.train: error: {message}", file=sys.stderr)
+        with joblock.running(args.output_dir):  # a sweep deletes no directory a live run holds
+            return train(args)
+    except (UsageError, DataUnavailableError, PretrainedWeightsUnavailable,
+            checkpoint.UnreadableState, OutputDirError, joblock.JobRunning) as err:
+        _error(str(err))
         return 2
+    except OSError as err:
+        where = f"{err.filename}: " if err.filename else ""
+        _error(f"{where}{err.strerror or err}; fix that and rerun the same command: the run "
+               "resumes from its last checkpoint")
+        return 1
+    except Exception:
+        traceback.print_exc()
+        return 1
     finally:
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, misc.Tee):
-                stream.file.close()
+                stream.close()
         sys.stdout, sys.stderr = stdout, stderr
 
 
