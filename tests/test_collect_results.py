@@ -155,6 +155,11 @@ def test_malformed_line_in_the_middle_is_skipped(tmp_path, capsys):
             "hparams_seed": 0,
         },
         "step": 0,
+        "hparams": {"lr": 0.001},
+        "env0_in_acc": 0.5,
+        "env0_out_acc": 0.5,
+        "env1_in_acc": 0.5,
+        "env1_out_acc": 0.5,
     }
     path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps(good) + "\n")
     assert len(reporting.read_results_file(str(path))) == 2
@@ -262,3 +267,90 @@ def test_list_top_hparams_ranks_and_points_to_runs(sweep_dir, capsys):
     assert "trial_seed: 0" in iid and "trial_seed: 1" in iid
     assert str(root) in iid
     assert list_top_hparams.main(args[:-1] + ["7"]) == 1
+
+
+# --- records that parse but would break model selection -------------------------------------
+
+def _damaged(good: dict, damage) -> dict:
+    """A copy of `good` that would win every selection method, then damaged."""
+    record = json.loads(json.dumps(good))
+    for env in range(3):
+        record[f"env{env}_in_acc"] = record[f"env{env}_out_acc"] = 0.99
+    damage(record)
+    return record
+
+
+def _drop_accuracies(record):
+    for key in [key for key in record if key.endswith("_acc")]:
+        del record[key]
+
+
+# Each kind of bad record: how it is damaged, and the reason its warning gives.
+BAD_RECORDS = {
+    "no accuracies": (_drop_accuracies, "reports no accuracy"),
+    "test env out of range": (lambda r: r["args"].update(test_envs=[5]),
+                              "args.test_envs [5] outside the 3 environments"),
+    "test env repeated": (lambda r: r["args"].update(test_envs=[0, 0]), "args.test_envs"),
+    "test env not an integer": (lambda r: r["args"].update(test_envs=["0"]), "args.test_envs"),
+    "list for an accuracy": (lambda r: r.update(env1_out_acc=[0.99]), "numeric env1_out_acc"),
+    "list for the step": (lambda r: r.update(step=[1]), "numeric 'step'"),
+    "list for a seed": (lambda r: r["args"].update(hparams_seed=[0]), "args.hparams_seed"),
+    "one in-split missing": (lambda r: r.pop("env2_in_acc"), "numeric env2_in_acc"),
+    "text for an accuracy": (lambda r: r.update(env0_in_acc="0.99"), "numeric env0_in_acc"),
+    "hparams not an object": (lambda r: r.update(hparams=[1]), "'hparams' object"),
+}
+
+
+@pytest.fixture()
+def hostile_sweep(sweep_dir):
+    """The fixture sweep with one bad record of each kind at the top of one job's file; the
+    good records, and so every table cell, are unchanged."""
+    root, _, odd = sweep_dir
+
+    def first_record(path: Path):
+        return json.loads(path.read_text().splitlines()[0])
+
+    target = next(path for path in sorted(root.glob("[!.]*/results.jsonl"))
+                  if path != odd and first_record(path)["args"]["test_envs"] == [2])
+    good = first_record(target)
+    bad = [_damaged(good, BAD_RECORDS[kind][0]) for kind in sorted(BAD_RECORDS)]
+    target.write_text("".join(json.dumps(record) + "\n" for record in bad) + target.read_text())
+    return root, target
+
+
+def test_bad_records_are_skipped_by_name_and_the_tables_print(hostile_sweep):
+    root, target = hostile_sweep
+    result = subprocess.run(
+        [sys.executable, "-m", "domainbed.scripts.collect_results", "--input_dir", str(root)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for line, kind in enumerate(sorted(BAD_RECORDS), start=1):
+        expected = f"{target}:{line}: skipped a record that "
+        warning = next(w for w in result.stderr.splitlines() if expected in w)
+        assert BAD_RECORDS[kind][1] in warning, (kind, warning)
+    out = result.stdout
+    assert out.startswith(f"Total records: {N_RECORDS}\n")
+    assert EXPECTED_IID in out
+    oracle = "test-domain validation set (oracle)"
+    assert _cells(out, f"Averages, model selection method: {oracle}") == [
+        ["ERM", "62.7 +/- 0.5", "62.7"],
+        ["IRM", "37.0 +/- 0.0", "37.0"],
+    ]
+
+
+def test_list_top_hparams_survives_bad_records(hostile_sweep, capsys):
+    root, target = hostile_sweep
+    # Good records need no output_dir (selection never reads it): drop it from one job.
+    records = [json.loads(line) for line in target.read_text().splitlines()]
+    for record in records:
+        record["args"].pop("output_dir", None)
+    target.write_text("".join(json.dumps(record) + "\n" for record in records))
+    args = ["--input_dir", str(root), "--dataset", "Debug28", "--algorithm", "ERM",
+            "--test_env", "2"]
+    assert list_top_hparams.main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count(f"{target}:") == len(BAD_RECORDS)
+    assert "0.99" not in captured.out
+    assert "(not recorded)" in captured.out
+    iid = captured.out.split("Model selection: ")[1]
+    assert iid.index("lr: 0.002") < iid.index("lr: 0.001")

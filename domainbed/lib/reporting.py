@@ -4,14 +4,21 @@ A sweep directory holds one subdirectory per job, each with a `results.jsonl` of
 record per evaluation. Jobs get killed, disks fill up and files get edited by hand, so a line
 that does not parse, or a record without the fields model selection needs, is skipped with a
 warning on stderr that names the file and line; the rest of the sweep still counts.
+
+Every record that gets through has what model selection and the tables read, of the type they
+read it as: a numeric `step`, an `hparams` object, string `dataset` and `algorithm`, integer
+seeds, and an in- and out-split accuracy for each environment it reports (env0, env1, ... up
+to the first without `_out_acc`), with `test_envs` distinct environments among those.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +27,6 @@ import tqdm
 from domainbed.lib.query import Q
 
 RESULTS_FILE = "results.jsonl"
-_REQUIRED_ARGS = ("dataset", "algorithm", "test_envs", "trial_seed", "hparams_seed")
 
 
 def standard_error(values: Any) -> float:
@@ -39,6 +45,38 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_env_list(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value) and all(_is_int(env) for env in value)
+            and len(set(value)) == len(value))
+
+
+# The args that group records, each with its test and what the test asks for.
+_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "dataset": (lambda value: isinstance(value, str), "a string"),
+    "algorithm": (lambda value: isinstance(value, str), "a string"),
+    "test_envs": (_is_env_list, "a list of distinct integers"),
+    "trial_seed": (_is_int, "an integer"),
+    "hparams_seed": (_is_int, "an integer"),
+}
+
+
+def reported_envs(record: dict[str, Any]) -> int:
+    """How many environments a record reports: env0, env1, ... up to the first without an
+    out-split accuracy."""
+    count = 0
+    while f"env{count}_out_acc" in record:
+        count += 1
+    return count
+
+
 def _problem(record: Any) -> str | None:
     """Why `record` cannot be used for model selection, or None if it can."""
     if not isinstance(record, dict):
@@ -46,13 +84,25 @@ def _problem(record: Any) -> str | None:
     args = record.get("args")
     if not isinstance(args, dict):
         return "has no 'args' object"
-    missing = [key for key in _REQUIRED_ARGS if key not in args]
-    if missing:
-        return f"has no args.{missing[0]}"
-    if not isinstance(args["test_envs"], list) or not args["test_envs"]:
-        return "has an empty or non-list args.test_envs"
-    if "step" not in record:
-        return "has no 'step'"
+    for key, (valid, what) in _ARG_RULES.items():
+        if key not in args:
+            return f"has no args.{key}"
+        if not valid(args[key]):
+            return f"has an args.{key} that is not {what}: {args[key]!r}"
+    if not _is_number(record.get("step")):
+        return "has no numeric 'step'"
+    if not isinstance(record.get("hparams"), dict):
+        return "has no 'hparams' object"
+    n_envs = reported_envs(record)
+    if n_envs == 0:
+        return "reports no accuracy (no env0_out_acc)"
+    for env in range(n_envs):
+        for key in (f"env{env}_in_acc", f"env{env}_out_acc"):
+            if not _is_number(record.get(key)):
+                return f"has no numeric {key}"
+    outside = [env for env in args["test_envs"] if not 0 <= env < n_envs]
+    if outside:
+        return f"has args.test_envs {outside} outside the {n_envs} environments it reports"
     return None
 
 

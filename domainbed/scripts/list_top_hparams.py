@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 for name, value in sorted(run_records[0]["hparams"].items()):
                     print(f"\t\t\t{name}: {value}")
                 print("\t\toutput_dirs:")
-                for output_dir in run_records.select("args.output_dir").unique():
+                # Records are validated for what selection reads; the directory is extra.
+                output_dirs = run_records.select(
+                    lambda record: record["args"].get("output_dir", "(not recorded)"))
+                for output_dir in output_dirs.unique():
                     print(f"\t\t\t{output_dir}")
     return 0
 
