@@ -285,6 +285,43 @@ def test_markdown_and_latex_carry_the_same_cells(multi_dir, capsys):
     assert "% Table 9: multi-source accuracy (%) per test domain, ColoredMNIST" in tex
 
 
+def text_tables(out: str) -> list[list[list[str]]]:
+    """Every plain-text table of a report: its header row and body rows, split into cells."""
+    tables, lines = [], out.split("\n")
+    for i, line in enumerate(lines):
+        if line.startswith("-------- "):
+            rows = []
+            for row in lines[i + 1:]:
+                if not row.strip():
+                    break
+                rows.append([cell.strip() for cell in row.strip().split("  ") if cell.strip()])
+            tables.append(rows)
+    return tables
+
+
+@pytest.mark.parametrize("table", ["1", "2", "3", "4", "9", "10"])
+def test_every_table_says_the_same_in_text_markdown_and_latex(multi_dir, single_dir, capsys,
+                                                              table):
+    root = single_dir if table in ("4", "10") else multi_dir
+    argv = ["--input_dir", root, "--table", table, "--versus", "ERM", "--compare_paper"]
+    text = report(capsys, *argv)
+    markdown = report(capsys, *argv, "--format", "markdown")
+    latex = report(capsys, *argv, "--format", "latex")
+    latex_rows = [[cell.strip() for cell in line.rstrip(" \\").split(" & ")]
+                  for line in latex.splitlines() if " & " in line]
+    tables = text_tables(text)
+    assert len(tables) == 2 * {"1": 4, "2": 1, "3": 1, "4": 1, "9": 4, "10": 2}[table]
+    assert latex.count("\\begin{tabular}") == len(tables)
+    assert markdown.count("#### Table ") == len(tables)
+    for header, *body in tables:
+        assert "| " + " | ".join(header) + " |" in markdown
+        for row in body:
+            assert "| " + " | ".join(row) + " |" in markdown
+            as_latex = [row[0].replace("_", "\\_")] + [
+                cell.replace("+/-", "$\\pm$").replace("±", "$\\pm$") for cell in row[1:]]
+            assert as_latex in latex_rows
+
+
 def test_compare_paper_prints_published_figures_beside_cells(multi_dir, capsys):
     out = report(capsys, "--input_dir", multi_dir, "--table", 2, "--compare_paper")
     rows = rows_under(out, "Table 2: multi-source accuracy (%), mean over test domains")
@@ -449,6 +486,22 @@ def test_usage_errors_on_single_source_input(single_dir, tmp_path, capsys):
     argv = ["--input_dir", str(single_dir), "--table", "4", "--cd_diagram", str(png)]
     assert collect_results.main(argv) == 0 and png.stat().st_size > 1000
     assert "Friedman test over 2 datasets (blocks) and 3 algorithms" in capsys.readouterr().out
+
+
+def test_three_env_single_source_runs_read_as_pair_runs_in_table2(tmp_path, capsys):
+    """The documented ambiguity: on a 3-env dataset a single-source job is a pair run."""
+    for source in range(3):
+        targets = [env for env in range(3) if env != source]
+        _write_job(tmp_path, "ColoredMNIST", "ERM", targets, 0, 0,
+                   lambda step: ([0.5] * 3, [0.6] * 3))
+    out = report(capsys, "--input_dir", tmp_path, "--table", 10)
+    rows = rows_under(out, "Table 10: single-source accuracy (%) per source domain")
+    assert rows["ERM"] == ["50.0/50.0 (50.0 +/- 0.0)"] * 3 + ["50.0 +/- 0.0"]
+    assert collect_results.main(["--input_dir", str(tmp_path), "--table", "2"]) == 0
+    out, err = capsys.readouterr()
+    # DomainBed's selection reports single-test-env runs: none here, three expected.
+    assert rows_under(out, "Table 2")["ColoredMNIST"] == ["X [3 missing]"]
+    assert "ColoredMNIST has no run with a single test environment" in err
 
 
 def test_cli_errors_in_a_subprocess(tmp_path):

@@ -31,7 +31,13 @@ import sys
 from domainbed.lib import reporting
 from domainbed.lib.query import Q
 from domainbed_itl.tables import critical_difference, order, selection
-from domainbed_itl.tables.kinds import MULTI, SINGLE, TableError, require_kind
+from domainbed_itl.tables.kinds import (
+    MULTI,
+    SINGLE,
+    TableError,
+    pair_only_datasets,
+    require_kind,
+)
 from domainbed_itl.tables.per_domain import per_domain_tables
 from domainbed_itl.tables.render import render
 from domainbed_itl.tables.request import Request
@@ -89,6 +95,9 @@ def scores_for(records: Q, table: str, selection_name: str) -> Scores:
     require_kind(records, kind, table)
     if kind == SINGLE:
         return single_source_scores(records, selection.single_source_method(selection_name))
+    for dataset in pair_only_datasets(records):
+        print(f"collect_results: note: {dataset} has no run with a single test environment; "
+              "if it is a single-source sweep, use --table 4 or 10", file=sys.stderr)
     return multi_source_scores(records, selection.MULTI_SOURCE[selection_name])
 
 

@@ -59,3 +59,12 @@ def require_kind(records: Iterable[dict[str, Any]], wanted: str, table: str) -> 
                 f"(e.g. {args['dataset']} {args['algorithm']} test_envs={args['test_envs']}); "
                 "give the sweep directories of one kind only"
             )
+
+
+def pair_only_datasets(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Datasets without a single-test-env run: a 3-env single-source sweep looks like this."""
+    seen: dict[str, bool] = {}
+    for record in records:
+        dataset = record["args"]["dataset"]
+        seen[dataset] = seen.get(dataset, False) or len(record["args"]["test_envs"]) == 1
+    return [dataset for dataset, has_single in seen.items() if not has_single]

@@ -61,6 +61,11 @@ class Request:
                 "(domainbed_itl/tables/published.json, whose notes list the paper's "
                 "inconsistencies)."
             )
+            if self.table == "2":
+                notes.append(
+                    "The paper's Avg. Rank breaks ties by column order and ranks its six "
+                    "algorithms; ours averages tied ranks over the algorithms present."
+                )
             if self.table == "4":
                 notes.append(
                     "Table 4's printed OfficeHome and TerraIncognita headers are swapped "
