@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from domainbed import command_launchers
-from domainbed.lib import reporting
+from domainbed.lib import joblock, reporting
 from domainbed.lib.misc import seed_hash
-from domainbed.scripts import collect_results, sweep
+from domainbed.scripts import collect_results, sweep, train
 from domainbed.scripts.sweep import Job, all_test_env_combinations, make_args_list
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -506,6 +506,77 @@ def test_killed_sweep_reruns_only_the_missing_jobs(tmp_path, sweep_main):
     expected = _expected_jobs(root, "Debug28", ["ERM", "IRM"], 2, 1, True, "/data")
     assert len(expected) == n_jobs
     _check_each_job_ran_once(root, expected, last_step=0)
+
+
+def test_a_held_job_lock_keeps_its_directory_until_the_holder_dies(tmp_path, capsys):
+    job = Job({"dataset": "Debug28", "test_envs": [0]}, str(tmp_path))
+    other = Job({"dataset": "Debug28", "test_envs": [1]}, str(tmp_path))
+    for j in (job, other):
+        os.makedirs(j.output_dir)
+    assert not joblock.is_running(job.output_dir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from domainbed.lib import joblock\n"
+         f"with joblock.running({job.output_dir!r}):\n print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert joblock.is_running(job.output_dir)
+        assert joblock.holder(job.output_dir).startswith(f"{holder.pid}@")
+        with pytest.raises(joblock.JobRunning, match="in use by a running job"):
+            with joblock.running(job.output_dir):
+                pass
+        assert Job.delete([job, other]) == [job]
+        assert "Left alone, still running" in capsys.readouterr().out
+        assert os.listdir(tmp_path) == [Path(job.output_dir).name]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not joblock.is_running(job.output_dir)
+    assert Job.delete([job]) == [] and os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow  # half a minute of real jobs; the lock itself is tested just above
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_delete_spares_the_live_job_of_a_killed_launcher(tmp_path, sweep_main, capsys):
+    """SIGKILL to the launcher alone leaves its running job alive (its own process group):
+    `delete_incomplete` must leave that directory alone and say so, and delete it once the
+    job has ended. A second run in the live directory is refused too."""
+    root = tmp_path / "sweep"
+    flags = (
+        "--datasets Debug28 --algorithms ERM --n_hparams 1 --n_trials 1 --steps 1000000 "
+        "--single_test_envs --command_launcher local --skip_confirmation"
+    ).split()
+    proc = _start_in_new_session(root, flags)
+    deadline = time.monotonic() + 300
+    while not [p for p in root.glob(f"*/{joblock.LOCK_NAME}") if p.read_text().strip()]:
+        assert time.monotonic() < deadline and proc.poll() is None, "the job never started"
+        time.sleep(0.1)
+    (lock,) = [p for p in root.glob(f"*/{joblock.LOCK_NAME}") if p.read_text().strip()]
+    live = lock.parent
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert joblock.is_running(str(live))
+
+    refused = sweep_main("delete_incomplete", root, *flags)
+    assert refused.returncode == 1
+    assert "About to delete 3 jobs." in refused.stdout and "Deleted 2 jobs!" in refused.stdout
+    assert f"Left alone, still running (pid@host {lock.read_text().strip()}): {live}" in (
+        refused.stdout
+    )
+    assert "1 jobs are still running and were not deleted" in refused.stderr
+    assert _states(root) == (set(), {live.name})
+    assert train.main(["--dataset", "Debug28", "--output_dir", str(live)]) == 2
+    assert "is in use by a running job" in capsys.readouterr().err
+
+    _kill_session(proc.pid)  # the job ends: its leader is a zombie at once, its threads soon
+    deadline = time.monotonic() + 60
+    while joblock.is_running(str(live)):
+        assert time.monotonic() < deadline, "the killed job still holds its lock"
+        time.sleep(0.05)
+    cleaned = sweep_main("delete_incomplete", root, *flags)
+    assert cleaned.returncode == 0 and "Deleted 1 jobs!" in cleaned.stdout
+    assert list(root.iterdir()) == []
 
 
 @pytest.mark.slow  # minutes of real jobs; make test-all runs it
