@@ -6,6 +6,8 @@ a row per algorithm and a column per dataset, as in the paper.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pandas as pd
 
 from domainbed_itl.tables import order, paper
@@ -55,8 +57,8 @@ def _rank_row(request: Request, values: pd.DataFrame) -> tuple[list[str], str]:
     return cells, note
 
 
-def _grid(scores: Scores, request: Request, datasets: list[str], algorithms: list[str],
-          text) -> list[tuple[str, list[str]]]:
+def _grid(request: Request, datasets: list[str], algorithms: list[str],
+          text: Callable[[str, str], str]) -> list[tuple[str, list[str]]]:
     """Rows of text(dataset, algorithm), oriented as the table's paper layout."""
     if request.table == "2":
         return [(d, [text(d, a) for a in algorithms]) for d in datasets]
@@ -74,7 +76,7 @@ def summary_tables(scores: Scores, request: Request) -> list[Table]:
         plain = cells[(dataset, algorithm)].text(request.latex)
         return request.with_paper(plain, dataset, algorithm, "Avg")
 
-    rows = _grid(scores, request, datasets, algorithms, text)
+    rows = _grid(request, datasets, algorithms, text)
     notes = request.notes(algorithms)
     if by_dataset:
         rank_cells, rank_note = _rank_row(request, printed_values(cells, datasets, algorithms))
@@ -88,7 +90,7 @@ def summary_tables(scores: Scores, request: Request) -> list[Table]:
             return versus_text(cells[(dataset, algorithm)], cells[(dataset, request.versus)],
                                request.latex)
 
-        rows = _grid(scores, request, datasets, others, difference)
+        rows = _grid(request, datasets, others, difference)
         labels = others if by_dataset else datasets
         tables.append(Table(request.versus_title(scores), corner, list(labels), rows,
                             request.versus_notes()))
