@@ -3,6 +3,8 @@ device-side step that a GPU replays from a CUDA graph, and the choice of path pe
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -25,9 +27,15 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def small_rmnist(mnist_dir):
-    """RotatedMNIST's six real domains, 300 images each."""
-    domains, num_classes = train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+def rmnist(mnist_dir):
+    """RotatedMNIST's six real domains, loaded once for this module."""
+    return train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+
+
+@pytest.fixture(scope="module")
+def small_rmnist(rmnist):
+    """300 images of each domain, pooled."""
+    domains, num_classes = rmnist
     return make_domain_set([(x[:300], y[:300]) for x, y in domains], num_classes, 100, 0)
 
 
@@ -147,3 +155,30 @@ def test_cuda_graph_replay_matches_eager_steps(small_rmnist):
         ends.append([p.detach().cpu() for p in stacked])
     for a, b in zip(*ends, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_cli_solver_and_batching_flags(tmp_path, mnist_dir, rmnist, monkeypatch, capsys):
+    monkeypatch.setattr(train_module, "load_domains", lambda *args: rmnist)
+    out = tmp_path / "run"
+    tiny = ["--data_dir", str(mnist_dir), "--output_dir", str(out), "--hidden", "16",
+            "--inner_steps", "5", "--hessian_batch", "32", "--val_batch", "64",
+            "--eval_examples", "50", "--neumann_terms", "3"]
+    assert train_module.main([*tiny, "--outer_steps", "1", "--hypergrad_solver", "cg",
+                              "--cg_damping", "0.1", "--inner_batching", "batched"]) == 0
+    record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert not record["skipped"] and record["neumann_alpha_min"] is None
+    # The path is operational (same results): resuming on the other one is accepted ...
+    assert train_module.main([*tiny, "--outer_steps", "2", "--hypergrad_solver", "cg",
+                              "--cg_damping", "0.1", "--inner_batching", "sequential"]) == 0
+    # ... the solver is not.
+    assert train_module.main([*tiny, "--outer_steps", "3"]) == 2
+    assert "hypergrad_solver: saved 'cg', now None" in capsys.readouterr().err
+    auto = tmp_path / "auto"
+    assert train_module.main([*tiny[:2], "--output_dir", str(auto), *tiny[4:],
+                              "--outer_steps", "1", "--neumann_alpha", "auto"]) == 0
+    record = json.loads((auto / "log.jsonl").read_text().splitlines()[0])
+    assert record["neumann_alpha_min"] > 0 and record["neumann_alpha_min"] != 0.01
+    with pytest.raises(SystemExit) as exit_info:
+        train_module.main([*tiny, "--neumann_alpha", "0"])
+    assert exit_info.value.code == 2
+    assert "positive number or 'auto'" in capsys.readouterr().err

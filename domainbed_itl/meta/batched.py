@@ -45,10 +45,13 @@ def stacked_hypergradients(
     k_models = len(batches)
     space = Space(batched=True)
     theta = [p.detach().requires_grad_() for p in params]
+    # One unbind per tensor: its backward stacks the K gradients once, where K separate views
+    # would each scatter into a zero tensor of the whole stack.
+    models = [list(m) for m in zip(*(p.unbind(0) for p in theta), strict=True)]
     w_rows = w.detach().expand(k_models, -1).clone().requires_grad_()
-    meta_losses = [held_out_loss(model_view(theta, k), b) for k, b in enumerate(batches)]
+    meta_losses = [held_out_loss(models[k], b) for k, b in enumerate(batches)]
     v = list(torch.autograd.grad(sum(meta_losses), theta))
-    train = sum(family.loss(mlp_forward(model_view(theta, k), b.xt), b.yt, w_rows[k])
+    train = sum(family.loss(mlp_forward(models[k], b.xt), b.yt, w_rows[k])
                 for k, b in enumerate(batches))
     grads = torch.autograd.grad(train, theta, create_graph=True)
     start = None if starts is None else [torch.stack(list(t)) for t in zip(*starts, strict=True)]
