@@ -13,7 +13,7 @@ from domainbed_itl.meta.base_model import init_mlp, model_view, stack_params
 from domainbed_itl.meta.device_loop import CapturedStep, CounterStep, train_stacked
 from domainbed_itl.meta.families import TaylorFamily, initial_w
 from domainbed_itl.meta.inner import train_on_batches
-from domainbed_itl.meta.outer import MetaConfig, make_domain_set
+from domainbed_itl.meta.outer import MetaConfig, leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.splits import batching_for, start_split
 from domainbed_itl.meta.train import MetaTrainer
 
@@ -182,3 +182,16 @@ def test_cli_solver_and_batching_flags(tmp_path, mnist_dir, rmnist, monkeypatch,
         train_module.main([*tiny, "--neumann_alpha", "0"])
     assert exit_info.value.code == 2
     assert "positive number or 'auto'" in capsys.readouterr().err
+
+
+def test_batched_evaluation_without_hypergradients_matches_sequential(small_rmnist):
+    """The CMA-ES baseline's use: held-out loss and accuracy only."""
+    family = TaylorFamily(4)
+    w = initial_w(family, "ce_like", 10, torch.Generator().manual_seed(0))
+    runs = [leave_one_domain_out(small_rmnist, w, family, _config(inner_batching=mode), 4,
+                                 compute_hypergrad=False)
+            for mode in ("sequential", "batched")]
+    for a, b in zip(*runs, strict=True):
+        assert a.hypergrad is None and b.hypergrad is None and a.finite and b.finite
+        assert a.held_out_acc == b.held_out_acc and a.inner_acc == b.inner_acc
+        assert a.meta_loss == pytest.approx(b.meta_loss, rel=1e-5)
