@@ -199,3 +199,33 @@ def test_train_refuses_a_bad_itl_omega_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "itl_omega must be a list of 12 numbers" in err and "fix --hparams" in err
     assert not out.exists()
+
+
+def test_the_public_hook_builds_variants_that_update_as_the_engine_does():
+    """The clone's variants come from the same core.variant_class: built on a clone whose ERM
+    and RSC are this engine's, each makes the same two updates as the engine's variant."""
+    import types
+
+    from domainbed import algorithms
+    from domainbed_itl.algorithms import public
+
+    clone = types.ModuleType("clone_of_domainbed.algorithms")
+    clone.ALGORITHMS = ["ERM", "RSC"]
+    clone.ERM, clone.RSC = algorithms.ERM, algorithms.RSC
+    assert public.register_algorithms(clone) == []
+    assert clone.ALGORITHMS == ["ERM", "RSC", *NEW]
+    for name in NEW:
+        engine_algorithm, minibatches, hparams = make(name, seed=5)
+        torch.manual_seed(5)
+        data = get_dataset_class("Debug28")(None, [], hparams)
+        hook_algorithm = getattr(clone, name)(data.input_shape, data.num_classes, len(data),
+                                              hparams)
+        assert type(hook_algorithm).__module__ == clone.__name__
+        hook_algorithm.load_state_dict(engine_algorithm.state_dict())
+        for _ in range(2):
+            torch.manual_seed(1)
+            expected = engine_algorithm.update(minibatches)["loss"]
+            torch.manual_seed(1)
+            assert hook_algorithm.update(minibatches)["loss"] == expected, name
+        for key, value in engine_algorithm.state_dict().items():
+            assert torch.equal(hook_algorithm.state_dict()[key], value), (name, key)

@@ -19,7 +19,7 @@ from domainbed import networks
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.erm import Minibatches, concat_minibatches
-from domainbed.hparams_registry import (
+from domainbed.lib.hparam_space import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
     POSITIVE,

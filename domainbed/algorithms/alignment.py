@@ -12,7 +12,7 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
+from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 
 # Bandwidths of the Gaussian kernel mixture (inverse squared length scales).
 GAMMAS = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)

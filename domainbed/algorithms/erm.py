@@ -11,13 +11,9 @@ from torch import nn
 from domainbed import networks
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.base import Algorithm
+from domainbed_itl.algorithms.core import Minibatches, concat_minibatches, erm_update
 
-Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
-
-
-def concat_minibatches(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
-    """All domains' inputs and labels as two tensors, domain by domain."""
-    return (torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches]))
+__all__ = ["ERM", "Minibatches", "adam", "concat_minibatches"]
 
 
 def adam(params: Iterable[nn.Parameter], hparams: dict[str, Any]) -> torch.optim.Adam:
@@ -39,14 +35,9 @@ class ERM(Algorithm):
         self.network = nn.Sequential(self.featurizer, self.classifier)
         self.optimizer = adam(self.network.parameters(), hparams)
 
-    def update(self, minibatches: Minibatches,
-               unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
-        x, y = concat_minibatches(minibatches)
-        loss = self.classification_loss(self.network(x), y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+    # The pooled supervised loss, in the one implementation the ITL variants share with a
+    # clone of the public DomainBed (domainbed_itl.algorithms.core).
+    update = erm_update
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

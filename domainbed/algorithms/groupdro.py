@@ -9,7 +9,7 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
+from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("GroupDRO")

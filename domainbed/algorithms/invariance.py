@@ -14,7 +14,7 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches, adam
-from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
+from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("IRM")

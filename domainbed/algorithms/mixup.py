@@ -8,7 +8,7 @@ import torch
 
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM, Minibatches
-from domainbed.hparams_registry import POSITIVE, HParamSpace, register_hparams
+from domainbed.lib.hparam_space import POSITIVE, HParamSpace, register_hparams
 
 
 @register_hparams("Mixup")

@@ -6,14 +6,12 @@ score, so the classifier cannot lean on a few dominant features.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-import torch.nn.functional as F
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.erm import ERM, Minibatches, concat_minibatches
-from domainbed.hparams_registry import PROBABILITY, HParamSpace, register_hparams
+from domainbed.algorithms.erm import ERM
+from domainbed.lib.hparam_space import PROBABILITY, HParamSpace, register_hparams
+from domainbed_itl.algorithms.core import rsc_update
 
 
 @register_hparams("RSC")
@@ -31,38 +29,10 @@ class RSC(ERM):
     that swaps the loss changes the update, and may also override `saliency_objective`.
     """
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, num_domains: int,
-                 hparams: dict[str, Any]):
-        super().__init__(input_shape, num_classes, num_domains, hparams)
-        # Quantiles at which the feature and batch masks start dropping.
-        self.feature_quantile = 1 - hparams["rsc_f_drop_factor"]
-        self.batch_quantile = 1 - hparams["rsc_b_drop_factor"]
-
     def saliency_objective(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Scalar whose gradient w.r.t. the features scores them (Eq. 1 of the paper)."""
         return logits.gather(1, y[:, None]).sum()
 
-    def update(self, minibatches: Minibatches,
-               unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
-        x, y = concat_minibatches(minibatches)
-        features = self.featurizer(x)
-        logits = self.classifier(features)
-        grads = torch.autograd.grad(self.saliency_objective(logits, y), features)[0]
-
-        with torch.no_grad():
-            # Eq. 2-3: per example, keep the features below the top-gradient percentile.
-            keep_feature = grads < torch.quantile(grads, self.feature_quantile, dim=1,
-                                                  keepdim=True)
-            # Sec. 3.3: challenge only the examples whose true-class probability falls most
-            # when their salient features are muted; the rest keep all features.
-            true_prob = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-            muted_prob = F.softmax(self.classifier(features * keep_feature), dim=1)
-            drop = true_prob - muted_prob.gather(1, y[:, None]).squeeze(1)
-            keep_example = drop < torch.quantile(drop, self.batch_quantile)
-            mask = (keep_feature | keep_example[:, None]).to(features.dtype)
-
-        loss = self.classification_loss(self.classifier(features * mask), y)
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+    # Muting and update in the one implementation the ITL variants share with a clone of the
+    # public DomainBed (domainbed_itl.algorithms.core).
+    update = rsc_update

@@ -16,7 +16,7 @@ from domainbed import networks
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.base import Algorithm
 from domainbed.algorithms.erm import Minibatches, adam, concat_minibatches
-from domainbed.hparams_registry import NON_NEGATIVE, HParamSpace, register_hparams
+from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 
 
 @register_hparams("SagNet")

@@ -106,18 +106,24 @@ LOSS_CHOICES: dict[str, LossChoice] = {c.suffix: c for c in (
                lambda h: get_loss("isce", alpha=h["isce_alpha"], beta=h["isce_beta"])),
 )}
 
-# (base algorithm, loss) pairs, in the order they join the algorithm list: the paper's
-# ITL-Net and RSC + ITL first, then ERM with each loss of Tables 1 and 3.
-PAIRINGS: tuple[tuple[str, str], ...] = (
-    ("ERM", "ITL"), ("RSC", "ITL"), ("ERM", "BCE"), ("ERM", "Focal"), ("ERM", "SCE"),
-    ("ERM", "GCE"), ("ERM", "LS"), ("ERM", "iSCE"),
-)
+@dataclass(frozen=True)
+class Variant:
+    """A base algorithm trained with one of the LOSS_CHOICES in place of cross-entropy."""
+
+    base: str
+    loss: LossChoice
 
 
-def variant_name(base: str, suffix: str) -> str:
-    return f"{base}_{suffix}"
-
-
-VARIANTS: dict[str, tuple[str, LossChoice]] = {
-    variant_name(base, suffix): (base, LOSS_CHOICES[suffix]) for base, suffix in PAIRINGS
+# Every variant, in the order they join the algorithm list: the paper's ITL-Net and RSC + ITL
+# first, then ERM with each loss of Tables 1 and 3. Both engines build them from this table
+# (domainbed_itl.algorithms.core.variant_class).
+VARIANTS: dict[str, Variant] = {
+    "ERM_ITL": Variant("ERM", LOSS_CHOICES["ITL"]),
+    "RSC_ITL": Variant("RSC", LOSS_CHOICES["ITL"]),
+    "ERM_BCE": Variant("ERM", LOSS_CHOICES["BCE"]),
+    "ERM_Focal": Variant("ERM", LOSS_CHOICES["Focal"]),
+    "ERM_SCE": Variant("ERM", LOSS_CHOICES["SCE"]),
+    "ERM_GCE": Variant("ERM", LOSS_CHOICES["GCE"]),
+    "ERM_LS": Variant("ERM", LOSS_CHOICES["LS"]),
+    "ERM_iSCE": Variant("ERM", LOSS_CHOICES["iSCE"]),
 }
