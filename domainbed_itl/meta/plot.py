@@ -6,7 +6,6 @@ Uses a bare Agg canvas, not pyplot, so drawing leaves no global matplotlib state
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from domainbed_itl.meta.state import atomic_write_bytes
+from domainbed.lib import atomic
 
 
 def new_figure() -> Figure:
@@ -26,9 +25,8 @@ def new_figure() -> Figure:
 
 def write_png(fig: Figure, path: Path) -> None:
     """Render and write atomically, so a killed run never leaves half a PNG."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    with atomic.atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
 
 
 def plot_learning_curve(records: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:

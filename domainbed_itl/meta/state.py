@@ -10,55 +10,23 @@ exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from domainbed.lib import atomic
+
 
 class ConfigMismatchError(ValueError):
     """The output directory holds a run made with different settings."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same directory and rename, so readers (and a resume
-    after a kill) only ever see the old file or the complete new one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_temporaries(directory: Path, names: Iterable[str]) -> None:
-    """Delete what atomic_write_bytes left of `names` when a kill struck mid-write: the next run
-    in the directory would never read those files, only trip over them."""
-    for name in names:
-        for leftover in Path(directory).glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """JSON (indented, newline-terminated) written atomically."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """torch.save `state` atomically."""
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic.torch_save(state, path)
 
 
 class CheckpointError(ValueError):
@@ -100,8 +68,7 @@ def check_config(saved: dict[str, Any], current: dict[str, Any]) -> None:
 
 def rewrite_log(path: Path, records: list[dict[str, Any]]) -> None:
     """Make the jsonl log hold exactly `records` (used on resume)."""
-    text = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write_bytes(path, text.encode())
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_log(path: Path, record: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from domainbed.lib import atomic
 from domainbed.lib.output_dir import OutputDirError, check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
 
@@ -81,13 +82,9 @@ def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 4
                  fontsize=10)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        with atomic.atomic_open(out, "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
     finally:
         plt.close(fig)
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from domainbed.lib import atomic
 from domainbed_itl.tables.kinds import TableError
 from domainbed_itl.tables.per_domain import average_cell, domain_cell
 from domainbed_itl.tables.ranks import average_ranks, complete_blocks
@@ -121,16 +121,9 @@ def draw(result: FriedmanNemenyi, path: str) -> None:
         f"p = {result.pvalue:.3g}, Nemenyi CD = {result.critical_difference:.2f}",
         fontsize=9, pad=28,  # above the diagram's own CD bar
     )
-    directory = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1] or ".png"
-    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".cd-", suffix=suffix)
-    os.close(handle)
+    image_format = os.path.splitext(path)[1].lstrip(".") or "png"
     try:
-        figure.savefig(tmp, bbox_inches="tight", dpi=150)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        with atomic.atomic_open(path, "wb") as handle:
+            figure.savefig(handle, format=image_format, bbox_inches="tight", dpi=150)
     finally:
         plt.close(figure)
