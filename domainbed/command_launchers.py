@@ -275,3 +275,6 @@ def multi_gpu_launcher(commands: Sequence[str]) -> list[str]:
     """
     _require_gpus()
     return run_pool(commands, [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in _visible_gpus()])
+
+
+import domainbed.launchers  # noqa: E402, F401  (registers the cluster launchers: slurm, ray)

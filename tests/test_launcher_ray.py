@@ -1,0 +1,124 @@
+"""The `ray` launcher on a real local Ray instance: a real sweep gives the same job directories
+and the same results as the `local` launcher, a relaunch runs only what is missing, failures
+are reported with their stderr, and bad settings are refused before any job directory exists.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+from launcher_checks import (
+    SMALL_SWEEP,
+    done_jobs,
+    fingerprint,
+    job_dirs,
+    run_sweep,
+    training_records,
+)
+
+from domainbed import command_launchers
+from domainbed.scripts import sweep
+
+# A small local instance: this machine's two cores, a small object store, no dashboard. One
+# torch thread per job under both launchers, so that both compute the same floats.
+RAY_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "DOMAINBED_RAY_NUM_CPUS": "2",
+    "DOMAINBED_RAY_OBJECT_STORE_MB": "100",
+    "DOMAINBED_RAY_ADDRESS": None,
+    "RAY_ADDRESS": None,
+}
+RAY_SWEEP = [*SMALL_SWEEP, "--steps", "2", "--command_launcher", "ray"]
+
+
+@pytest.fixture()
+def ray_env(monkeypatch):
+    for name, value in RAY_ENV.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_ray_sweep_matches_local_sweep_and_reruns_only_what_is_missing(tmp_path):
+    local_root, ray_root = tmp_path / "local", tmp_path / "ray"
+    local = run_sweep("launch", local_root, *SMALL_SWEEP, "--steps", "2",
+                      "--command_launcher", "local", "--max_parallel", "2", env=RAY_ENV)
+    assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    ran = run_sweep("launch", ray_root, *RAY_SWEEP, env=RAY_ENV)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert "All 3 jobs exited successfully." in ran.stdout
+
+    # Same job directories (named by the arguments' hash), all done, same records step by step.
+    assert job_dirs(ray_root) == job_dirs(local_root) == done_jobs(ray_root)
+    assert len(job_dirs(ray_root)) == 3
+    expected = training_records(local_root)
+    assert training_records(ray_root) == expected
+    assert all([r["step"] for r in records] == [0, 1] for records in expected.values())
+
+    # Lose one job: the relaunch runs it alone and leaves the finished ones untouched.
+    lost, *kept = sorted(job_dirs(ray_root))
+    shutil.rmtree(ray_root / lost)
+    before = fingerprint(ray_root, kept)
+    again = run_sweep("launch", ray_root, *RAY_SWEEP, env=RAY_ENV)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "About to launch 1 jobs." in again.stdout
+    assert "All 1 jobs exited successfully." in again.stdout
+    assert fingerprint(ray_root, kept) == before
+    assert training_records(ray_root) == expected
+
+
+def test_ray_launcher_reports_failed_jobs_with_their_stderr(ray_env, capsys):
+    """Real shell commands as Ray tasks, one at a time: the failed one is returned and shown
+    with the end of its stderr; the successful one's side effect happened."""
+    launcher = command_launchers.REGISTRY["ray"]
+    failing = "echo 'first line' >&2; echo 'it broke' >&2; exit 3"
+    failed = launcher(["echo ran > ran.txt && rm ran.txt", failing], max_parallel=1)
+    assert failed == [failing]
+    out = capsys.readouterr().out
+    assert "1 of 2 jobs failed:" in out
+    assert f"  exit status 3: {failing}" in out
+    assert "    | first line\n    | it broke" in out
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"DOMAINBED_RAY_ADDRESS": "127.0.0.1:{port}"}, "cannot reach a Ray cluster at 127.0.0.1:"),
+        ({"DOMAINBED_RAY_ADDRESS": "headnode"}, "must look like host:port"),
+        ({"DOMAINBED_RAY_CPUS_PER_JOB": "many"}, "DOMAINBED_RAY_CPUS_PER_JOB must be a number"),
+        ({"DOMAINBED_RAY_CPUS_PER_JOB": "64"}, "no Ray node has 64 CPUs"),
+    ],
+)
+def test_bad_ray_settings_are_refused_before_any_job_directory(
+    tmp_path, ray_env, monkeypatch, capsys, settings, message
+):
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value.format(port=_closed_port()))
+    root = tmp_path / "sweep"
+    returncode = sweep.main(["launch", "--output_dir", str(root), *RAY_SWEEP])
+    err = capsys.readouterr().err
+    assert returncode == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not root.exists()
+
+
+def test_unreachable_ray_address_from_the_shell(tmp_path):
+    """The same refusal as users see it: one line, exit status 2, nothing created."""
+    root = tmp_path / "sweep"
+    address = f"127.0.0.1:{_closed_port()}"
+    result = run_sweep("launch", root, *RAY_SWEEP,
+                       env={**RAY_ENV, "DOMAINBED_RAY_ADDRESS": address})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"sweep: cannot reach a Ray cluster at {address} ")
+    assert not root.exists()
