@@ -28,9 +28,11 @@ from typing import IO
 
 import tqdm
 
+from domainbed.lib.registry import Registry
+
 Launcher = Callable[..., "list[str] | None"]
 
-REGISTRY: dict[str, Launcher] = {}
+REGISTRY: Registry[Launcher] = Registry("command launcher")
 _CHECKS: dict[str, Callable[[], None]] = {}
 _DRY_RUNS: set[Launcher] = set()
 
@@ -52,9 +54,7 @@ def register_launcher(
     """
 
     def decorate(fn: Launcher) -> Launcher:
-        if name in REGISTRY and REGISTRY[name] is not fn:
-            raise ValueError(f"command launcher {name!r} is already registered")
-        REGISTRY[name] = fn
+        REGISTRY[name] = fn  # refused if another launcher holds the name
         if check is not None:
             _CHECKS[name] = check
         if dry_run:

@@ -16,16 +16,16 @@ import sys
 from importlib.metadata import entry_points
 
 from domainbed.algorithms.base import Algorithm
+from domainbed.lib.registry import Registry
 
 ALGORITHMS: list[str] = []
-_CLASSES: dict[str, type[Algorithm]] = {}
+_CLASSES: Registry[type[Algorithm]] = Registry("algorithm")
 
 
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
-    """Class decorator: make `cls` reachable by its class name."""
+    """Class decorator: make `cls` reachable by its class name (refused if another class
+    holds that name)."""
     name = cls.__name__
-    if name in _CLASSES and _CLASSES[name] is not cls:
-        raise ValueError(f"algorithm {name!r} is already registered by {_CLASSES[name]!r}")
     _CLASSES[name] = cls
     if name not in ALGORITHMS:
         ALGORITHMS.append(name)

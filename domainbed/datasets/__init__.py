@@ -10,13 +10,15 @@ import pkgutil
 import sys
 
 from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.lib.registry import Registry
 
 DATASETS: list[str] = []
-_CLASSES: dict[str, type[MultipleDomainDataset]] = {}
+_CLASSES: Registry[type[MultipleDomainDataset]] = Registry("dataset")
 
 
 def register_dataset(cls: type[MultipleDomainDataset]) -> type[MultipleDomainDataset]:
-    """Class decorator: make `cls` reachable by its class name."""
+    """Class decorator: make `cls` reachable by its class name (refused if another class
+    holds that name)."""
     name = cls.__name__
     _CLASSES[name] = cls
     if name not in DATASETS:

@@ -1,4 +1,9 @@
-"""Losses by name, so a command line or an hparams dict can pick one."""
+"""Losses by name, so a command line or an hparams dict can pick one.
+
+A name taken by one loss is refused to another, the rule of domainbed.lib.registry; that
+module is not imported here because the losses also load beside a clone of the public
+DomainBed, whose `domainbed` has no `lib.registry`.
+"""
 
 from __future__ import annotations
 
