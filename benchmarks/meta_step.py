@@ -33,10 +33,11 @@ from torch import nn
 
 from domainbed_itl.meta import batched, outer
 from domainbed_itl.meta.base_model import init_mlp, mlp_forward
+from domainbed_itl.meta.data import load_domains
 from domainbed_itl.meta.families import initial_w, make_family
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set
 from domainbed_itl.meta.splits import BATCHING
-from domainbed_itl.meta.train import MetaTrainer, load_domains
+from domainbed_itl.meta.trainer import MetaTrainer
 
 PAPER_OUTER_STEPS = 200
 # The functions each path spends its inner training and its hypergradients in.

@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta import outer as outer_module
 from domainbed_itl.meta import train as train_module
 from domainbed_itl.meta.base_model import init_mlp
@@ -28,7 +29,7 @@ from domainbed_itl.meta.hypergrad import (
 )
 from domainbed_itl.meta.inner import train_inner
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set
-from domainbed_itl.meta.train import MetaTrainer
+from domainbed_itl.meta.trainer import MetaTrainer
 
 TINY = ["--hidden", "32", "--inner_steps", "30", "--hessian_batch", "64", "--val_batch", "128",
         "--eval_examples", "200", "--neumann_terms", "3"]
@@ -47,12 +48,12 @@ def one_thread():
 @pytest.fixture(scope="module")
 def rmnist(mnist_dir):
     """RotatedMNIST's six domains, loaded once for the in-process tests."""
-    return train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
 
 
 @pytest.fixture
 def cached_loader(monkeypatch, rmnist):
-    monkeypatch.setattr(train_module, "load_domains", lambda *args: rmnist)
+    monkeypatch.setattr(meta_data, "load_domains", lambda *args: rmnist)
 
 
 def small_domain_set(rmnist, per_domain: int = 300):
@@ -161,9 +162,9 @@ def test_isce_at_ce_like_is_cross_entropy_and_init_files_round_trip(tmp_path):
     taylor = TaylorFamily(4)
     learned = torch.linspace(-1, 1, 12)
     path = tmp_path / "learned_loss.json"
-    path.write_text(json.dumps(taylor.hparams(learned)))
+    path.write_text(taylor.learned(learned).to_json())
     torch.testing.assert_close(initial_w(taylor, str(path), 10, g), learned)
-    with pytest.raises(ValueError, match="needs 12 values"):
+    with pytest.raises(ValueError, match="itl_omega must be a list of 12 numbers"):
         path.write_text(json.dumps({"itl_omega": [0.0, 1.0]}))
         initial_w(taylor, str(path), 10, g)
 
@@ -280,7 +281,7 @@ def test_one_outer_step_changes_w_and_writes_loadable_outputs(
 
     # Same settings continue (clearing what a kill during a write would leave); different
     # settings are refused with a clear message.
-    leftovers = [out / ".checkpoint.pt.a1b2.tmp", out / ".learned_loss.json.c3.tmp"]
+    leftovers = [out / ".checkpoint.pt.a1b2c3d4.tmp", out / ".learned_loss.json.c3e5f7a9.tmp"]
     for path in leftovers:
         path.write_bytes(b"half")
     assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),

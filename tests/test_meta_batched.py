@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta import train as train_module
 from domainbed_itl.meta.base_model import init_mlp, model_view, stack_params
 from domainbed_itl.meta.device_loop import CapturedStep, CounterStep, train_stacked
@@ -15,7 +16,7 @@ from domainbed_itl.meta.families import TaylorFamily, initial_w
 from domainbed_itl.meta.inner import train_on_batches
 from domainbed_itl.meta.outer import MetaConfig, leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.splits import batching_for, start_split
-from domainbed_itl.meta.train import MetaTrainer
+from domainbed_itl.meta.trainer import MetaTrainer
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +30,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def rmnist(mnist_dir):
     """RotatedMNIST's six real domains, loaded once for this module."""
-    return train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_cuda_graph_replay_matches_eager_steps(small_rmnist):
 
 
 def test_cli_solver_and_batching_flags(tmp_path, mnist_dir, rmnist, monkeypatch, capsys):
-    monkeypatch.setattr(train_module, "load_domains", lambda *args: rmnist)
+    monkeypatch.setattr(meta_data, "load_domains", lambda *args: rmnist)
     out = tmp_path / "run"
     tiny = ["--data_dir", str(mnist_dir), "--output_dir", str(out), "--hidden", "16",
             "--inner_steps", "5", "--hessian_batch", "32", "--val_batch", "64",

@@ -12,8 +12,11 @@ import torch
 
 from domainbed_itl.meta import cmaes as cmaes_module
 from domainbed_itl.meta import compare_curves
+from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta import train as train_module
 from domainbed_itl.meta.check_hypergrad import run_study
+from domainbed_itl.meta.families import TaylorFamily
+from domainbed_itl.meta.run_settings import run_config
 
 TINY = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eval_examples", "50"]
 TINY_IFT = [*TINY, "--hessian_batch", "32", "--neumann_terms", "2"]
@@ -29,14 +32,13 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def rmnist(mnist_dir):
-    return train_module.load_domains("RotatedMNIST", str(mnist_dir), 0)
+    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
 
 
 @pytest.fixture
 def cached_loader(monkeypatch, rmnist):
-    """Both CLIs load the data through train.load_domains; reuse one load."""
-    monkeypatch.setattr(train_module, "load_domains", lambda *args: rmnist)
-    monkeypatch.setattr(cmaes_module, "load_domains", lambda *args: rmnist)
+    """Both CLIs load the data through meta.data.load_domains; reuse one load."""
+    monkeypatch.setattr(meta_data, "load_domains", lambda *args: rmnist)
 
 
 def _records(path):
@@ -138,7 +140,8 @@ def test_cmaes_resumed_from_its_json_state_matches_an_uninterrupted_search(
     assert run(whole, 27) == 0
     assert run(pieces, 9) == 0
     # What a kill during a write leaves behind is removed by the next run; other files stay.
-    planted = [pieces / ".state.json.k1ll3d.tmp", pieces / ".log.jsonl.x.tmp", pieces / "mine.tmp"]
+    planted = [pieces / ".state.json.k1ll3d00.tmp", pieces / ".log.jsonl.x0000000.tmp",
+               pieces / "mine.tmp"]
     for path in planted:
         path.write_text("half")
     assert run(pieces, 18) == 0 and run(pieces, 27) == 0
@@ -167,3 +170,38 @@ def test_cmaes_resumed_from_its_json_state_matches_an_uninterrupted_search(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert "replaying generation 1 proposes other candidates" in line
     assert len(_records(pieces / "log.jsonl")) == 3
+
+
+# The run configurations the commands recorded before the shared settings module existed, for
+# default arguments (w0 replaced by zeros): a saved run resumes only if today's equal them.
+OLDER_TRAIN_CONFIG = {
+    "dataset": "RotatedMNIST", "eval_examples": 2000, "family": "taylor",
+    "family_spec": {"family": "taylor", "order": 4}, "hessian_batch": 1024,
+    "hidden": [1024, 256], "init": "ce_like", "inner_batch": 32, "inner_lr": 0.01,
+    "inner_steps": 2000, "neumann_alpha": 0.01, "neumann_terms": 15, "order": 4,
+    "outer_lr": 0.01, "outer_optimizer": "adam", "seed": 0, "surgery": "pcgrad",
+    "val_batch": 2048, "w0": [0.0] * 12}
+OLDER_CMAES_CONFIG = {
+    "dataset": "RotatedMNIST", "eval_examples": 2000, "exclude_envs": [], "family": "taylor",
+    "family_spec": {"family": "taylor", "order": 4}, "fitness": "ce", "hidden": [1024, 256],
+    "init": "ce_like", "inner_batch": 32, "inner_lr": 0.01, "inner_steps": 2000, "order": 4,
+    "popsize": 0, "seed": 0, "sigma0": 0.1, "val_batch": 2048, "w0": [0.0] * 12}
+
+
+def test_run_configs_of_older_runs_still_match_so_they_resume():
+    family = TaylorFamily(4)
+    where = ["--data_dir", "d", "--output_dir", "o", "--threads", "1", "--backend", "ray",
+             "--ray_address", "h:1"]
+    args = train_module.build_parser().parse_args([*where, "--outer_steps", "7",
+                                                   "--inner_batching", "batched"])
+    config = run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
+                        train_module.LATER_SETTINGS)
+    assert config == OLDER_TRAIN_CONFIG
+    # A setting added later is recorded once it leaves its default.
+    args.hypergrad_solver = "cg"
+    assert run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
+                      train_module.LATER_SETTINGS) == {**OLDER_TRAIN_CONFIG,
+                                                       "hypergrad_solver": "cg"}
+    args = cmaes_module.build_parser().parse_args([*where, "--budget", "10"])
+    assert run_config(args, family, torch.zeros(12), cmaes_module.OPERATIONAL) == \
+        OLDER_CMAES_CONFIG

@@ -4,8 +4,8 @@ cross-entropy (Sec. 4.4).
 
 A family is a thin adapter: the loss itself lives in domainbed_itl.losses, so the meta-learner
 trains with exactly the function ERM_ITL later deploys. What a family adds is what meta-training
-needs around it: the size of w, named starting points, and the hparams dict that hands the
-learned w to the deployed algorithm.
+needs around it: the size of w, named starting points, and the `LearnedLoss` that hands the
+learned w to deployment.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed_itl.losses.baselines import symmetric_ce
+from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 from domainbed_itl.losses.taylor import ITL_OMEGA, n_taylor_params, taylor_loss
 
 TAYLOR_ORDERS = (2, 3, 4, 5)
@@ -42,8 +43,8 @@ class LossFamily(Protocol):
         """What identifies the family in configs and checkpoints."""
         ...
 
-    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
-        """The learned w in the form the deployed algorithm takes through --hparams."""
+    def learned(self, w: torch.Tensor) -> LearnedLoss:
+        """The loss at w, as meta-training hands it to deployment."""
         ...
 
     def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
@@ -84,11 +85,8 @@ class TaylorFamily:
     def spec(self) -> dict[str, Any]:
         return {"family": self.name, "order": self.order}
 
-    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
-        out: dict[str, Any] = {"itl_omega": [float(v) for v in w]}
-        if self.order != 4:
-            out["itl_order"] = self.order
-        return out
+    def learned(self, w: torch.Tensor) -> LearnedLoss:
+        return LearnedLoss(self.name, tuple(float(v) for v in w), self.order)
 
     def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         if name == "itl":
@@ -142,8 +140,8 @@ class ISCEFamily:
     def spec(self) -> dict[str, Any]:
         return {"family": self.name}
 
-    def hparams(self, w: torch.Tensor) -> dict[str, Any]:
-        return {"isce_alpha": float(w[0]), "isce_beta": float(w[1])}
+    def learned(self, w: torch.Tensor) -> LearnedLoss:
+        return LearnedLoss(self.name, (float(w[0]), float(w[1])))
 
     def preset(self, name: str, num_classes: int, generator: torch.Generator) -> torch.Tensor:
         if name == "ce_like":
@@ -173,15 +171,16 @@ def initial_w(
 
 
 def w_from_file(family: LossFamily, init: str) -> torch.Tensor:
-    """w from a JSON file: a learned_loss.json, any dict of the family's hparams, or a plain
-    list; anything else is a ValueError saying what the file must hold."""
+    """w from a JSON file: a learned_loss.json of this family (any `LearnedLoss` in its
+    --hparams form) or a plain list; anything else is a ValueError saying what the file must
+    hold."""
     path = Path(init)
     if not path.is_file():
         raise ValueError(f"--init {init!r} is neither {', '.join(INIT_PRESETS)} nor a file")
     try:
-        values = _values_from_json(json.loads(path.read_text()), family)
-        w = torch.tensor(values, dtype=torch.float32)
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as err:
+        w = torch.tensor(_values_from_json(json.loads(path.read_text()), family),
+                         dtype=torch.float32)
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as err:
         message = " ".join(str(err).split())
         raise ValueError(f"--init {init!r} holds no {family.spec()} w ({message:.200}); give a "
                          "learned_loss.json or a JSON list of numbers") from None
@@ -199,11 +198,10 @@ def _checked(w: torch.Tensor, family: LossFamily) -> torch.Tensor:
 def _values_from_json(obj: Any, family: LossFamily) -> list[float]:
     if isinstance(obj, list):
         return [_number(v) for v in obj]
-    if isinstance(obj, dict) and "itl_omega" in obj and isinstance(obj["itl_omega"], list):
-        return [_number(v) for v in obj["itl_omega"]]
-    if isinstance(obj, dict) and "isce_alpha" in obj:
-        return [_number(obj["isce_alpha"]), _number(obj["isce_beta"])]
-    raise ValueError(f"cannot read a {family.spec()} w from {obj!r:.200}")
+    loss = LearnedLoss.from_hparams(obj)  # LearnedLossError is a ValueError
+    if loss.family != family.name:
+        raise LearnedLossError(f"it holds a {loss.describe()} loss")
+    return list(loss.parameters)
 
 
 def _number(value: Any) -> float:

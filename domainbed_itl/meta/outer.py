@@ -3,14 +3,17 @@ L_w and measure it on the held-out domain, optionally with the implicit hypergra
 
 This is the part both meta-optimisers share: the implicit-gradient trainer uses the
 hypergradients, an evolutionary one (CMA-ES) only the held-out loss and accuracy
-(`compute_hypergrad=False`). The splits run one after another here (`run_split`) or as one
-stack of models (`meta.batched`); `MetaConfig.inner_batching` picks, and both give the same
-results up to float rounding (`meta.splits` fixes every split's randomness).
+(`compute_hypergrad=False`). The splits run one after another here (`run_split`), as one
+stack of models (`meta.batched`) or as parallel tasks elsewhere (`meta.ray_backend`): a
+`SplitRunner` each. `MetaConfig.inner_batching` picks between the first two unless a runner
+is given; all give the same results up to float rounding (`meta.splits` fixes every split's
+randomness).
 """
 
 from __future__ import annotations
 
 from collections.abc import MutableMapping, Sequence
+from typing import Protocol
 
 import torch
 
@@ -31,11 +34,20 @@ from domainbed_itl.meta.splits import (
     start_split,
 )
 
-__all__ = ["DomainSet", "MetaConfig", "SplitResult", "leave_one_domain_out", "make_domain_set",
-           "run_split"]
+__all__ = ["DomainSet", "MetaConfig", "SplitResult", "SplitRunner", "leave_one_domain_out",
+           "make_domain_set", "run_split"]
 
 # Warm starts of the CG solves: the previous outer step's solution per held-out domain.
 WarmStarts = MutableMapping[int, list[torch.Tensor]]
+Starts = Sequence[Sequence[torch.Tensor]]
+
+
+class SplitRunner(Protocol):
+    """Runs every split of one outer step; `starts` holds one CG start per held-out domain."""
+
+    def __call__(self, data: DomainSet, w: torch.Tensor, family: LossFamily, cfg: MetaConfig,
+                 step: int, compute_hypergrad: bool, starts: Starts | None
+                 ) -> list[SplitResult]: ...
 
 
 def run_split(
@@ -80,6 +92,20 @@ def run_split(
     return SplitResult.from_hypergradient(held_out, batches, hg)
 
 
+def run_splits_sequential(data: DomainSet, w: torch.Tensor, family: LossFamily,
+                          cfg: MetaConfig, step: int, compute_hypergrad: bool = True,
+                          starts: Starts | None = None) -> list[SplitResult]:
+    """run_split for every held-out domain, one after another."""
+    return [run_split(data, d, w, family, cfg, step, compute_hypergrad,
+                      None if starts is None else starts[d])
+            for d in range(data.n_domains)]
+
+
+# The in-process runners, by MetaConfig.inner_batching (after splits.batching_for).
+LOCAL_RUNNERS: dict[str, SplitRunner] = {"sequential": run_splits_sequential,
+                                         "batched": run_splits_batched}
+
+
 def _starts(data: DomainSet, cfg: MetaConfig, warm: WarmStarts | None
             ) -> list[list[torch.Tensor]] | None:
     """One start per split when warm starts apply: the previous solution, else zeros (so every
@@ -100,17 +126,14 @@ def leave_one_domain_out(
     step: int,
     compute_hypergrad: bool = True,
     warm: WarmStarts | None = None,
+    runner: SplitRunner | None = None,
 ) -> list[SplitResult]:
-    """Every split of one outer step, one after another or stacked (`cfg.inner_batching`).
-    `warm` (used with CG and `cfg.cg_warm_start`) is read for the starts and updated with the
-    new solutions."""
+    """Every split of one outer step, by `runner`, else one after another or stacked
+    (`cfg.inner_batching`). `warm` (used with CG and `cfg.cg_warm_start`) is read for the
+    starts and updated with the new solutions."""
     starts = _starts(data, cfg, warm) if compute_hypergrad else None
-    if batching_for(cfg, data.x.device) == "batched":
-        results = run_splits_batched(data, w, family, cfg, step, compute_hypergrad, starts)
-    else:
-        results = [run_split(data, d, w, family, cfg, step, compute_hypergrad,
-                             None if starts is None else starts[d])
-                   for d in range(data.n_domains)]
+    run = runner or LOCAL_RUNNERS[batching_for(cfg, data.x.device)]
+    results = run(data, w, family, cfg, step, compute_hypergrad, starts)
     if starts is not None:
         for r in results:
             if r.solution is not None:
