@@ -1,5 +1,14 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
 # Each creates .venv when it is missing and installs the project with its pinned dependencies.
+#
+# The paper's reproduction (sweeps/README.md maps each table and figure to its target):
+#   make data                       MNIST offline; DATASETS="PACS VLCS ..." downloads others
+#   make meta-train                 the paper's 200 outer steps on RotatedMNIST
+#   make table1 table2 table3 table4 table9 table10 fig2, or make reproduce (all of them)
+# Each table target prints its jobs and their estimated cost, asks (YES=1: do not ask), launches
+# what is missing, resumes interrupted jobs, then prints the table beside the paper's numbers.
+# Reduced runs: DATASETS, ALGORITHMS (replace the table's lists), N_HPARAMS, N_TRIALS, STEPS.
+# LAUNCHER: local (default), dummy (print the commands, run nothing) or any registered launcher.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +17,28 @@ DATA_DIR ?= data
 OUT_DIR ?= out
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint bench clean
+LAUNCHER ?= local
+N_HPARAMS ?= 20
+N_TRIALS ?= 3
+STEPS ?=
+MAX_PARALLEL ?=
+DATASETS ?=
+ALGORITHMS ?=
+YES ?=
+META_STEPS ?= 200
+COLLECT_FLAGS ?= --compare_paper
+
+SWEEP_ENV = PY="$(PY)" DATA_DIR="$(DATA_DIR)" OUT_ROOT="$(OUT_DIR)" LAUNCHER="$(LAUNCHER)" \
+	N_HPARAMS="$(N_HPARAMS)" N_TRIALS="$(N_TRIALS)" STEPS="$(STEPS)" YES="$(YES)" \
+	MAX_PARALLEL="$(MAX_PARALLEL)" DATASETS="$(DATASETS)" ALGORITHMS="$(ALGORITHMS)"
+COLLECT = $(PY) -m domainbed_itl.scripts.collect_results $(COLLECT_FLAGS)
+# $(call table,SWEEP DIR,TABLE NUMBER[,MORE FLAGS]): print a table, unless nothing ran.
+table = $(if $(filter dummy,$(LAUNCHER)),@echo "LAUNCHER=dummy: nothing ran so there is no Table $(2)", \
+	$(COLLECT) --input_dir $(OUT_DIR)/$(1) --table $(2) $(3) || \
+	echo "No Table $(2) yet: run make again once the jobs in $(OUT_DIR)/$(1) have finished")
+
+.PHONY: venv demo test test-all lint bench clean data meta-train reproduce fig2 \
+	table1 table2 table3 table4 table9 table10 sweep-table1 sweep-table2 sweep-table3 sweep-table4
 
 venv: $(STAMP)
 
@@ -37,3 +67,38 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(OUT_DIR) .pytest_cache
+
+# ---------------------------------------------------------------- the paper's reproduction
+
+data: $(STAMP)
+	$(PY) -m domainbed.scripts.download --data_dir $(DATA_DIR) $(if $(DATASETS),--datasets $(DATASETS))
+
+meta-train: $(STAMP)
+	$(PY) -m domainbed_itl.scripts.plan meta_train --output_dir $(OUT_DIR)/meta \
+		--outer_steps $(META_STEPS) $(if $(filter 1,$(YES)),--yes)
+	$(PY) -m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir $(DATA_DIR) \
+		--output_dir $(OUT_DIR)/meta --outer_steps $(META_STEPS)
+	@echo "Learned loss: $(OUT_DIR)/meta/learned_loss.json (ERM_ITL's --hparams)"
+
+# Each sweep is launched once per make run and shared by the tables read from it.
+sweep-table1 sweep-table2 sweep-table3: $(STAMP)
+	$(SWEEP_ENV) bash sweeps/$(notdir $(wildcard sweeps/$(@:sweep-%=%)_*.sh))
+sweep-table4: $(STAMP)
+	$(SWEEP_ENV) bash sweeps/table4_single_source.sh
+
+table1: sweep-table1
+	$(call table,table1,1)
+table2: sweep-table2
+	$(call table,table2,2)
+table9: sweep-table2
+	$(call table,table2,9)
+fig2: sweep-table2
+	$(call table,table2,2,--cd_diagram $(OUT_DIR)/fig2.png)
+table3: sweep-table3
+	$(call table,table3,3)
+table4: sweep-table4
+	$(call table,table4,4)
+table10: sweep-table4
+	$(call table,table4,10)
+
+reproduce: data meta-train table1 table2 table9 fig2 table3 table4 table10

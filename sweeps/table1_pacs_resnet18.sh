@@ -3,8 +3,7 @@
 # The paper used the classic PACS split of Li et al. (2018); this runs the same comparison under
 # DomainBed's protocol and splits, so numbers are comparable among the rows, not with Table 1.
 source "$(dirname "$0")/_common.sh"
-$PY -m domainbed.scripts.sweep "${1:-launch}" --datasets PACS \
-    --algorithms ERM ERM_BCE ERM_SCE ERM_iSCE ERM_ITL RSC RSC_ITL \
-    --hparams "$RESNET18" --single_test_envs \
-    --n_hparams "$N_HPARAMS" --n_trials "$N_TRIALS" --data_dir "$DATA_DIR" \
-    --output_dir "$OUT_ROOT/table1" --command_launcher "$LAUNCHER" ${EXTRA:-}
+# shellcheck disable=SC2086  # DATASETS and ALGORITHMS are lists
+run_sweep multi_source table1 --datasets ${DATASETS:-PACS} \
+    --algorithms ${ALGORITHMS:-ERM ERM_BCE ERM_SCE ERM_iSCE ERM_ITL RSC RSC_ITL} \
+    --hparams "$RESNET18" --single_test_envs

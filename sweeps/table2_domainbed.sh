@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Table 2 / Table 9: ERM_ITL against ERM, SagNet, CORAL, CDANN and RSC on six DomainBed datasets.
+# Tables 2 and 9 (and Fig. 2, drawn from the same runs): ERM_ITL against ERM, SagNet, CORAL,
+# CDANN and RSC on six DomainBed datasets, multi-source, ResNet-50.
 source "$(dirname "$0")/_common.sh"
-$PY -m domainbed.scripts.sweep "${1:-launch}" \
-    --datasets ColoredMNIST VLCS PACS TerraIncognita OfficeHome DomainNet \
-    --algorithms ERM SagNet CORAL CDANN RSC ERM_ITL \
-    --hparams "$RESNET50_2021" \
-    --n_hparams "$N_HPARAMS" --n_trials "$N_TRIALS" --data_dir "$DATA_DIR" \
-    --output_dir "$OUT_ROOT/table2" --command_launcher "$LAUNCHER" ${EXTRA:-}
+# shellcheck disable=SC2086  # DATASETS and ALGORITHMS are lists
+run_sweep multi_source table2 \
+    --datasets ${DATASETS:-ColoredMNIST VLCS PACS TerraIncognita OfficeHome DomainNet} \
+    --algorithms ${ALGORITHMS:-ERM SagNet CORAL CDANN RSC ERM_ITL} \
+    --hparams "$RESNET50_2021"

@@ -250,7 +250,7 @@ def test_a_public_clone_runs_through_its_own_job_and_launchers(tmp_path):
 def test_real_single_source_sweep_killed_and_relaunched(tmp_path):
     """Debug28, ERM, default hyperparameters, 3 steps: one job per source (3 jobs, one at a
     time). SIGKILL the launcher and its job once a job is done, clean up, relaunch: every job
-    ends done once, trained on its source alone."""
+    ends done once, trained on its source alone, and Tables 4 and 10 print its accuracies."""
     out = tmp_path / "sweep"
     flags = ["--datasets", "Debug28", "--algorithms", "ERM", "--n_hparams", "1", "--n_trials",
              "1", "--steps", "3", "--data_dir", "/data", "--output_dir", str(out),
@@ -280,3 +280,24 @@ def test_real_single_source_sweep_killed_and_relaunched(tmp_path):
         assert records[0]["args"]["test_envs"] == train_args["test_envs"]
         assert records[0]["args"]["seed"] == train_args["seed"]
     assert "3 jobs: 3 done" in run("launch").stdout
+
+    # Tables 4 and 10 read the sweep as DomainBed selects: per run, the checkpoint with the best
+    # accuracy on the source's held-out split (the first of equals); its targets' in-splits.
+    cells, means = [], []
+    for name, train_args in expected.items():
+        records = reporting.read_results_file(str(out / name / "results.jsonl"))
+        (source,) = set(range(3)) - set(train_args["test_envs"])
+        best = max(records, key=lambda r: r[f"env{source}_out_acc"])
+        targets = [100 * best[f"env{t}_in_acc"] for t in train_args["test_envs"]]
+        cells.append("/".join(f"{acc:.1f}" for acc in targets))
+        means.append(sum(targets) / len(targets))
+
+    def table(number):
+        done = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.collect_results",
+                               "--input_dir", str(out), "--table", number], cwd=REPO_ROOT,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return next(line for line in done.stdout.splitlines() if line.startswith("ERM "))
+
+    assert all(cell in table("10") for cell in cells), (cells, table("10"))
+    assert table("4").split()[1] == f"{sum(means) / 3:.1f}"

@@ -358,8 +358,11 @@ def multi_source_args_list(args: argparse.Namespace) -> list[dict[str, Any]]:
     )
 
 
-def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list) -> int:
-    """Carry out one sweep command on already-parsed arguments; the exit status.
+def prepare(
+    args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list
+) -> list[Job]:
+    """The sweep's jobs, after filling in the default datasets and algorithms and checking
+    every argument (UsageError). Creates nothing.
 
     `args_list_for` turns the arguments into every job's training arguments; other kinds of
     sweep (single-source DG, say) pass their own and get launching, resuming and deletion as
@@ -375,19 +378,30 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
         args_list = args_list_for(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    jobs = [Job(train_args, args.output_dir) for train_args in args_list]
+    return [Job(train_args, args.output_dir) for train_args in args_list]
+
+
+def to_launch(jobs: Sequence[Job], resume_incomplete: bool) -> list[Job]:
+    """The jobs `launch` starts: those not launched, and with `resume_incomplete` the
+    incomplete ones that no live process runs."""
+    resumable = INCOMPLETE if resume_incomplete else None
+    return [
+        job
+        for job in jobs
+        if job.state == NOT_LAUNCHED
+        or (job.state == resumable and not joblock.is_running(job.output_dir))
+    ]
+
+
+def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list) -> int:
+    """Carry out one sweep command on already-parsed arguments; the exit status."""
+    jobs = prepare(args, args_list_for)
     for job in jobs:
         print(job)
     print(_summary(jobs))
 
     if args.command == "launch":
-        wanted = (NOT_LAUNCHED, INCOMPLETE) if args.resume_incomplete else (NOT_LAUNCHED,)
-        to_launch = [job for job in jobs if job.state in wanted]
-        if args.resume_incomplete:
-            live = [job for job in to_launch if joblock.is_running(job.output_dir)]
-            if live:
-                print(f"{len(live)} incomplete jobs are still running and are left alone.")
-                to_launch = [job for job in to_launch if job not in live]
+        launching = to_launch(jobs, args.resume_incomplete)
         incomplete = sum(job.state == INCOMPLETE for job in jobs)
         if incomplete and not args.resume_incomplete:
             print(
@@ -395,13 +409,17 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
                 "`delete_incomplete` and launch again to rerun them, or launch with "
                 "--resume_incomplete to continue them from their last checkpoint."
             )
-        print(f"About to launch {len(to_launch)} jobs.")
-        if not to_launch or not _confirmed(args):
+        elif args.resume_incomplete and len(launching) < len(jobs) - sum(
+            job.state == DONE for job in jobs
+        ):
+            print("Incomplete jobs that are still running are left alone.")
+        print(f"About to launch {len(launching)} jobs.")
+        if not launching or not _confirmed(args):
             return 0
         options = {} if args.max_parallel is None else {"max_parallel": args.max_parallel}
         launcher = command_launchers.REGISTRY[args.command_launcher]
         try:
-            failed = Job.launch(to_launch, launcher, seed=args.seed, **options)
+            failed = Job.launch(launching, launcher, seed=args.seed, **options)
         except KeyboardInterrupt:
             print(
                 "Interrupted: unfinished jobs are incomplete; `delete_incomplete` then `launch` "
