@@ -271,6 +271,8 @@ def test_wilds_loader_asks_for_the_package_when_it_is_absent(tmp_path, monkeypat
 
 
 def test_wilds_loader_reports_an_incomplete_download(tmp_path):
+    pytest.importorskip("wilds", reason="the wilds extra is not installed "
+                                        "(pip install 'domainbed-itl[wilds]')")
     release = tmp_path / "fmow_v1.1" / "RELEASE_v1.1.txt"
     release.parent.mkdir()
     release.write_text("")

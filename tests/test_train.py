@@ -73,21 +73,24 @@ def test_debug_run_writes_what_upstream_writes(tmp_path):
         assert record["hparams"] == hparams
         assert record["epoch"] == pytest.approx(record["step"] / (13 / hparams["batch_size"]))
 
-    # The saved model, rebuilt from its own record, reproduces the last accuracies.
-    saved = torch.load(out / "model.pkl", weights_only=False)
+    # The saved model, rebuilt from its own record, reproduces the last accuracies on the
+    # device the run trained and evaluated on (cuDNN's TF32 convolutions round otherwise).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    saved = torch.load(out / "model.pkl", weights_only=False, map_location=device)
     assert set(saved) == MODEL_KEYS
     assert saved["model_num_domains"] == 2 and saved["model_num_classes"] == 2
     model = algorithms.get_algorithm_class("ERM")(
         saved["model_input_shape"], saved["model_num_classes"], saved["model_num_domains"],
         saved["model_hparams"])
     model.load_state_dict(saved["model_dict"])
+    model.to(device)
     torch.manual_seed(0)
     dataset = datasets.get_dataset_class("Debug28")(None, [0], hparams)
     for env_i, env in enumerate(dataset):
         out_split, in_split = misc.split_dataset(env, int(len(env) * 0.2),
                                                  misc.seed_hash(0, env_i))
         for name, split in (("in", in_split), ("out", out_split)):
-            acc = misc.accuracy(model, FastDataLoader(split, 64, 0), None, "cpu")
+            acc = misc.accuracy(model, FastDataLoader(split, 64, 0), None, device)
             assert acc == pytest.approx(records[-1][f"env{env_i}_{name}_acc"])
 
     log = (out / "out.txt").read_text()

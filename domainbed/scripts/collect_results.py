@@ -20,6 +20,7 @@ import numpy as np
 
 from domainbed import datasets, model_selection
 from domainbed.lib import atomic, reporting
+from domainbed.lib.cli import UsageError, command
 from domainbed.lib.query import Q
 
 FORMATS = ("text", "latex", "markdown")
@@ -215,12 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("collect_results")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fmt = "latex" if args.latex else "markdown" if args.markdown else "text"
     if not os.path.isdir(args.input_dir):
-        print(f"collect_results: no directory {args.input_dir}", file=sys.stderr)
-        return 2
+        raise UsageError(f"no directory {args.input_dir}")
     records = reporting.load_records(args.input_dir)
     report = render_report(records, fmt)
     sys.stdout.write(report)

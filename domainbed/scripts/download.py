@@ -16,6 +16,7 @@ from pathlib import Path
 
 from domainbed.data import http
 from domainbed.data.recipes import ALIASES, RECIPES, DownloadError
+from domainbed.lib.cli import command
 from domainbed.lib.output_dir import OutputDirError, make_output_dir
 
 
@@ -46,15 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command("download", usage_errors=(OutputDirError,))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     names = list(RECIPES) if "all" in args.datasets else list(dict.fromkeys(args.datasets))
-    try:
-        make_output_dir(args.data_dir, "--data_dir")
-    except OutputDirError as err:
-        print(f"download: error: {err}", file=sys.stderr)
-        return 2
+    make_output_dir(args.data_dir, "--data_dir")
     failed = 0
     for name in names:
         try:

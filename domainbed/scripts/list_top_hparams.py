@@ -15,6 +15,9 @@ import sys
 
 from domainbed import model_selection
 from domainbed.lib import reporting
+from domainbed.lib.cli import UsageError, command, print_error
+
+PROG = "list_top_hparams"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,13 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         records = reporting.load_records(args.input_dir)
     except FileNotFoundError as err:
-        print(f"list_top_hparams: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     print("Total records:", len(records))
     groups = reporting.get_grouped_records(records).filter(
         lambda group: (
@@ -41,11 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     if not len(groups):
-        print(
-            f"list_top_hparams: no records of {args.algorithm} on {args.dataset} with test env "
-            f"{args.test_env} in {args.input_dir}",
-            file=sys.stderr,
-        )
+        print_error(PROG, f"no records of {args.algorithm} on {args.dataset} with test env "
+                          f"{args.test_env} in {args.input_dir}")
         return 1
     groups = groups.sorted(key=lambda group: group["trial_seed"])
     for method in model_selection.SELECTION_METHODS:

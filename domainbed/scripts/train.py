@@ -37,7 +37,8 @@ import torchvision
 
 from domainbed import algorithms, datasets, hparams_registry
 from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
-from domainbed.lib import atomic, checkpoint, joblock, misc
+from domainbed.lib import atomic, checkpoint, joblock, misc, precision
+from domainbed.lib.cli import OneLineParser, UsageError, print_error
 from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
 from domainbed.lib.output_dir import OutputDirError, check_output_dir, make_output_dir
 from domainbed.networks import PretrainedWeightsUnavailable
@@ -47,19 +48,11 @@ RESULTS_FILE = "results.jsonl"
 # Evaluation batch size. Upstream uses 64 too; larger batches were not faster on CPU here.
 EVAL_BATCH_SIZE = 64
 PRECISIONS = ("fp32", "bf16")
-
-
-class UsageError(Exception):
-    """Bad input: the message says what to change."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+PROG = "domainbed.scripts.train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineParser(prog="domainbed.scripts.train", description="Domain generalization")
+    parser = OneLineParser(prog=PROG, description="Domain generalization")
     parser.add_argument("--data_dir", type=str)
     parser.add_argument("--dataset", type=str, default="RotatedMNIST")
     parser.add_argument("--algorithm", type=str, default="ERM")
@@ -311,6 +304,7 @@ def train(args: argparse.Namespace) -> int:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    precision.warn_if_bf16_is_slow(args.precision, device, PROG)
 
     dataset = datasets.get_dataset_class(args.dataset)(args.data_dir, args.test_envs, hparams)
     in_splits, out_splits, uda_splits = make_splits(dataset, args, hparams["class_balanced"])
@@ -413,11 +407,6 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _error(message: str) -> None:
-    message = " ".join(message.split())
-    print(f"domainbed.scripts.train: error: {message}", file=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when done, 2 for input to change, 1 for a failure of the machine (a full disk)
     or of the code. Every message goes to the terminal and, once the run has opened its log,
@@ -429,12 +418,12 @@ def main(argv: list[str] | None = None) -> int:
             return train(args)
     except (UsageError, DataUnavailableError, PretrainedWeightsUnavailable,
             checkpoint.UnreadableState, OutputDirError, joblock.JobRunning) as err:
-        _error(str(err))
+        print_error(PROG, str(err))
         return 2
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        _error(f"{where}{err.strerror or err}; fix that and rerun the same command: the run "
-               "resumes from its last checkpoint")
+        print_error(PROG, f"{where}{err.strerror or err}; fix that and rerun the same command: "
+                    "the run resumes from its last checkpoint")
         return 1
     except Exception:
         traceback.print_exc()

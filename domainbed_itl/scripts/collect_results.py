@@ -29,6 +29,7 @@ import os
 import sys
 
 from domainbed.lib import reporting
+from domainbed.lib.cli import command
 from domainbed.lib.query import Q
 from domainbed_itl.tables import critical_difference, order, selection
 from domainbed_itl.tables.kinds import (
@@ -135,16 +136,10 @@ def run(args: argparse.Namespace) -> str:
     return output
 
 
+@command("collect_results", usage_errors=(TableError, OSError))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        output = run(args)
-    except TableError as err:
-        print(f"collect_results: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"collect_results: error: {err}", file=sys.stderr)
-        return 2
+    output = run(args)
     sys.stdout.write(output)
     sys.stdout.flush()
     return 0
