@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
+from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.base_model import Params, init_mlp, mlp_forward
 from domainbed_itl.meta.families import TaylorFamily
 from domainbed_itl.meta.hypergrad import (
@@ -289,6 +290,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+@command("domainbed_itl.meta.check_hypergrad")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.check_hypergrad",
                                 description="Neumann and CG hypergradient accuracy study.")
@@ -305,14 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if min(args.J) < 0 or min(args.inner_steps) < 1 or args.n_train < 1 or not args.l2 >= 0:
-        print("error: --J >= 0, --inner_steps >= 1, --n_train >= 1, --l2 >= 0", file=sys.stderr)
-        return 2
+        raise UsageError("--J >= 0, --inner_steps >= 1, --n_train >= 1, --l2 >= 0")
     try:
         result = run_study(args.data_dir, args.problems, args.J, args.inner_steps,
                            args.n_train, args.n_train, args.l2, args.inner_lr)
     except RuntimeError as err:  # torchvision: MNIST files missing
-        print(f"error: {err}; prepare MNIST under --data_dir first", file=sys.stderr)
-        return 2
+        raise UsageError(f"{err}; prepare MNIST under --data_dir first") from None
     if not all(math.isfinite(r["cosine"]) for r in result["rows"]):
         print("warning: some estimates are not finite", file=sys.stderr)
     write_outputs(result, Path(args.out))

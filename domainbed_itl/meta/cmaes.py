@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
+from domainbed.lib.cli import UsageError, command
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta.cma_search import FITNESS, evaluate, new_strategy
 from domainbed_itl.meta.cma_state import Generation, SearchState, read_state, replay
@@ -146,6 +147,7 @@ def search(args: argparse.Namespace, run: Prepared[SearchState], state: SearchSt
     return 0
 
 
+@command("domainbed_itl.meta.cmaes")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads > 0:
@@ -171,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                                              args.seed), state.generations)
             make_output_dir(run.out)
         except (ValueError, DataUnavailableError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise UsageError(str(err)) from None
         return search(args, run, state, es, popsize, backend)
     finally:
         if backend is not None:

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.plot import new_figure, write_png
 
 X_LABELS = {"trainings": "inner-loop trainings spent", "seconds": "wall-clock seconds"}
@@ -85,6 +86,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+@command("domainbed_itl.meta.compare_curves")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.compare_curves",
                                 description=__doc__.split("\n\n")[0])
@@ -96,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         curves = [(Path(r).name, read_curve(Path(r))) for r in args.runs]
     except (ValueError, json.JSONDecodeError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from None
     plot(curves, Path(args.out), args.x)
     print(summary(curves))
     return 0

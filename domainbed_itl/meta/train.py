@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
+from domainbed.lib.cli import UsageError, command, print_error
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta.guard import require_finite
 from domainbed_itl.meta.linear_solve import SOLVERS, parse_alpha
@@ -71,6 +72,9 @@ OPERATIONAL = ("outer_steps", "device", "max_skips", "inner_batching", "cuda_gra
 LATER_SETTINGS: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute",
                                   "hypergrad_solver": "neumann", "cg_damping": 0.0,
                                   "cg_warm_start": False}
+
+
+PROG = "domainbed_itl.meta.train"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,9 +164,8 @@ def train(args: argparse.Namespace, run: Prepared, config: dict[str, Any],
             trainer.load_state_dict(run.saved)
         except (ValueError, TypeError, KeyError, RuntimeError) as err:
             reason = " ".join(str(err).split())[:200]
-            print(f"error: {out / CHECKPOINT} does not fit this run ({reason}); delete it to "
-                  "start over, or choose a new --output_dir", file=sys.stderr)
-            return 2
+            raise UsageError(f"{out / CHECKPOINT} does not fit this run ({reason}); delete it "
+                             "to start over, or choose a new --output_dir") from None
         rewrite_log(out / LOG, trainer.records)
     else:
         rewrite_log(out / LOG, [])
@@ -176,13 +179,14 @@ def train(args: argparse.Namespace, run: Prepared, config: dict[str, Any],
             bar.set_postfix(held_out=f"{record['held_out_acc']:.4f}",
                             skipped=record["skipped"])
         if trainer.consecutive_skips >= args.max_skips:
-            print(f"error: {trainer.consecutive_skips} outer steps in a row were skipped "
-                  f"(last: {record['reason']}); lower --outer_lr or --neumann_alpha, or pick "
-                  "another --init", file=sys.stderr)
+            print_error(PROG, f"{trainer.consecutive_skips} outer steps in a row were skipped "
+                        f"(last: {record['reason']}); lower --outer_lr or --neumann_alpha, or "
+                        "pick another --init")
             return 3
     return 0
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads > 0:
@@ -198,8 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_config(run.saved["config"], config)
             make_output_dir(run.out)
         except (ValueError, DataUnavailableError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            raise UsageError(str(err)) from None
         return train(args, run, config, backend)
     finally:
         if backend is not None:
