@@ -33,6 +33,7 @@ from typing import Any
 
 from domainbed import command_launchers, datasets
 from domainbed.lib import joblock
+from domainbed.lib.cli import UsageError
 from domainbed.lib.misc import seed_hash
 
 _TRASH_PREFIX = ".deleting-"
@@ -204,10 +205,6 @@ def ask_for_confirmation() -> bool:
     except EOFError:
         answer = ""
     return answer.strip().lower().startswith("y")
-
-
-class UsageError(Exception):
-    """Bad command-line input, reported on one line before anything is started."""
 
 
 def _default_datasets() -> list[str]:
