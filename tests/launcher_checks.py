@@ -64,6 +64,20 @@ def _comparable(record: dict) -> dict:
     return kept
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains `text` (a sweep directory, say)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text in cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def fingerprint(root: Path, names) -> dict[str, tuple]:
     """Modification times of finished jobs' files: unchanged means the job did not run again."""
     return {

@@ -6,14 +6,21 @@ are reported with their stderr, and bad settings are refused before any job dire
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 from launcher_checks import (
+    REPO_ROOT,
     SMALL_SWEEP,
     done_jobs,
+    environ_with,
     fingerprint,
     job_dirs,
+    processes_mentioning,
     run_sweep,
     training_records,
 )
@@ -87,6 +94,31 @@ def test_ray_launcher_reports_failed_jobs_with_their_stderr(ray_env, capsys):
     assert "1 of 2 jobs failed:" in out
     assert f"  exit status 3: {failing}" in out
     assert "    | first line\n    | it broke" in out
+
+
+@pytest.mark.slow
+def test_sigterm_cancels_the_tasks_and_stops_their_jobs(tmp_path):
+    """SIGTERM to a sweep whose jobs are mid-run on a local Ray instance: the sweep exits as
+    the local launcher's does (status 130, incomplete jobs left to rerun) and no training
+    process of the sweep is left."""
+    root = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "domainbed.scripts.sweep", "launch", "--output_dir", str(root),
+         *SMALL_SWEEP, "--steps", "400", "--command_launcher", "ray"],
+        cwd=REPO_ROOT, env=environ_with(RAY_ENV), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 600
+    while len(list(root.glob("*/results.jsonl"))) < 2:  # two jobs past their first step
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    assert processes_mentioning(str(root))
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "`delete_incomplete` then `launch` reruns them" in out
+    assert processes_mentioning(str(root)) == []
+    assert done_jobs(root) == set()
 
 
 @pytest.mark.parametrize(

@@ -23,8 +23,8 @@ def cpuinfo(tmp_path, monkeypatch):
 def test_bf16_on_a_cpu_without_bf16_units_warns_once(cpuinfo, capsys):
     cpuinfo.write_text(AVX2_ONLY)
     assert precision.cpu_flags() == {"fpu", "sse2", "avx", "avx2", "fma"}
-    precision.warn_if_bf16_is_slow("bf16", "cpu", "prog")
-    precision.warn_if_bf16_is_slow("bf16", "cpu", "prog")
+    precision.warn_if_bf16_is_slow("bf16", "prog", "cpu")
+    precision.warn_if_bf16_is_slow("bf16", "prog", "cpu")
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("prog: warning:") and "--precision fp32" in line
 
@@ -38,12 +38,12 @@ def test_bf16_on_a_cpu_without_bf16_units_warns_once(cpuinfo, capsys):
 def test_no_warning_where_bf16_is_fine_or_unknown(cpuinfo, capsys, info, asked, device):
     if info is not None:
         cpuinfo.write_text(info)
-    precision.warn_if_bf16_is_slow(asked, device, "prog")
+    precision.warn_if_bf16_is_slow(asked, "prog", device)
     assert capsys.readouterr().err == ""
 
 
 def test_child_processes_of_a_warned_command_stay_quiet(cpuinfo, capsys, monkeypatch):
     cpuinfo.write_text(AVX2_ONLY)
     monkeypatch.setenv(precision.BF16_WARNED, "1")
-    precision.warn_if_bf16_is_slow("bf16", "cpu", "prog")
+    precision.warn_if_bf16_is_slow("bf16", "prog", "cpu")
     assert capsys.readouterr().err == ""

@@ -18,6 +18,7 @@ from typing import IO
 
 LOG_TAIL_LINES = 5
 STOP_GRACE_S = 10.0
+_WAIT_SLICE_S = 0.5
 
 
 @dataclass
@@ -75,13 +76,19 @@ def run_shell(command: str, cwd: str, stdout: int | IO | None, stderr: int | IO 
     """Run `command` with /bin/sh in its own process group; its exit status.
 
     Whatever interrupts the wait (a cancelled Ray task, submitit's exit on preemption) stops
-    the job's processes before it propagates, so no training process outlives its task.
+    the job's processes before it propagates, so no training process outlives its task. The
+    wait polls: Ray cancels a task by raising an exception in its thread, which a thread
+    blocked in one long wait would only see when the job ends.
     """
     process = subprocess.Popen(
         command, shell=True, cwd=cwd, stdout=stdout, stderr=stderr, process_group=0
     )
     try:
-        return process.wait()
+        while True:
+            try:
+                return process.wait(timeout=_WAIT_SLICE_S)
+            except subprocess.TimeoutExpired:
+                continue
     except BaseException:
         _stop_group(process)
         raise

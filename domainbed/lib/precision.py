@@ -13,6 +13,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 CPUINFO = Path("/proc/cpuinfo")
 BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 BF16_WARNED = "DOMAINBED_BF16_WARNED"
@@ -33,9 +35,11 @@ def cpu_flags() -> set[str] | None:
     return flags
 
 
-def warn_if_bf16_is_slow(precision: str, device: str, prog: str) -> None:
+def warn_if_bf16_is_slow(precision: str, prog: str, device: str | None = None) -> None:
     """One line on stderr, once per command, when bf16 is asked for on a CPU without bf16
-    units."""
+    units; `device` is where training runs (default: where domainbed.scripts.train would)."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if precision != "bf16" or device != "cpu" or os.environ.get(BF16_WARNED):
         return
     flags = cpu_flags()

@@ -304,7 +304,7 @@ def train(args: argparse.Namespace) -> int:
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision.warn_if_bf16_is_slow(args.precision, device, PROG)
+    precision.warn_if_bf16_is_slow(args.precision, PROG, device)
 
     dataset = datasets.get_dataset_class(args.dataset)(args.data_dir, args.test_envs, hparams)
     in_splits, out_splits, uda_splits = make_splits(dataset, args, hparams["class_balanced"])

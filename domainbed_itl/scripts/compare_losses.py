@@ -32,6 +32,8 @@ from typing import Any
 from tqdm import tqdm
 
 from domainbed.lib import atomic
+from domainbed.lib.cli import UsageError
+from domainbed.lib.precision import warn_if_bf16_is_slow
 from domainbed.lib.reporting import standard_error
 from domainbed.scripts import train as train_script
 from domainbed_itl.algorithms.variants import LOSS_CHOICES, taylor_from_hparams
@@ -39,10 +41,6 @@ from domainbed_itl.algorithms.variants import LOSS_CHOICES, taylor_from_hparams
 PROG = "compare_losses"
 # The keys a learned loss file may hold: ERM_ITL's loss hyperparameters.
 LEARNED_KEYS = frozenset(h.name for h in LOSS_CHOICES["ITL"].hparams)
-
-
-class UsageError(ValueError):
-    """Bad input; the message says what to change."""
 
 
 class StepFailed(RuntimeError):
@@ -184,6 +182,7 @@ def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry],
 
 def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
     """Run every (entry, test env, trial) that is not finished yet; return the table."""
+    warn_if_bf16_is_slow(args.precision, PROG)
     out = Path(args.output_dir)
     jobs = [(entry, env, trial) for entry in entries for env in args.test_envs
             for trial in args.trial_seeds]
