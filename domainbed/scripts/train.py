@@ -79,7 +79,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="bf16: bfloat16 autocast in training steps and evaluation, about "
                              "2.5x faster on CPUs with AMX; not a public DomainBed flag, and its "
                              "numbers differ from fp32 by rounding (default: fp32)")
+    # Not public DomainBed flags: recorded in a run's args only when given (SUPPRESS), so the
+    # records of default runs stay exactly DomainBed's.
+    parser.add_argument("--eval_splits", nargs="+", metavar="SPLIT", default=argparse.SUPPRESS,
+                        help="evaluate only these splits (env<i>_in, env<i>_out, env<i>_uda), "
+                             "for a quick look; model selection skips such records "
+                             "(default: every split)")
+    parser.add_argument("--no_initial_eval", action="store_true", default=argparse.SUPPRESS,
+                        help="skip the evaluation and checkpoint at step 0, before any training "
+                             "(default: evaluate there, as DomainBed does)")
     return parser
+
+
+def split_names(args: argparse.Namespace) -> list[str]:
+    """Every split a run with these arguments has (what DomainBed evaluates)."""
+    n_envs = datasets.num_environments(args.dataset)
+    n_uda = len(args.test_envs) if args.uda_holdout_fraction > 0 else 0
+    return [f"env{i}_{part}" for part, count in (("in", n_envs), ("out", n_envs), ("uda", n_uda))
+            for i in range(count)]
 
 
 def autocast(precision: str, device: str) -> torch.autocast:
@@ -135,6 +152,11 @@ def check_args(args: argparse.Namespace) -> None:
             hparams_registry.validate_overrides(args.algorithm, args.dataset, overrides)
         except hparams_registry.InvalidHParam as err:
             raise UsageError(f"--hparams: {err}") from None
+    known = split_names(args)
+    unknown = [name for name in getattr(args, "eval_splits", []) if name not in known]
+    if unknown:
+        raise UsageError(f"--eval_splits: this run has no split {unknown[0]}; choose from "
+                         + ", ".join(known))
     try:
         check_output_dir(args.output_dir)
     except OutputDirError as err:
@@ -318,10 +340,13 @@ def train(args: argparse.Namespace) -> int:
     uda_loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], dataset.N_WORKERS)
                    for env, weights in uda_splits]
     # Upstream numbers uda splits by their position among uda splits, not by environment.
+    chosen = getattr(args, "eval_splits", None)
     eval_loaders = {
         f"env{i}_{part}": FastDataLoader(split, EVAL_BATCH_SIZE, dataset.N_WORKERS)
         for part, splits in (("in", in_splits), ("out", out_splits), ("uda", uda_splits))
-        for i, (split, _) in enumerate(splits)}
+        for i, (split, _) in enumerate(splits)
+        if chosen is None or f"env{i}_{part}" in chosen}
+    first_eval = 1 if getattr(args, "no_initial_eval", False) else 0
 
     num_domains = len(dataset) - len(args.test_envs)
     try:
@@ -378,7 +403,7 @@ def train(args: argparse.Namespace) -> int:
         for key, value in step_vals.items():
             window[key].append(value)
 
-        if step % checkpoint_freq == 0 or step == n_steps - 1:
+        if (step % checkpoint_freq == 0 and step >= first_eval) or step == n_steps - 1:
             results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in window.items():
                 results[key] = float(np.mean(values))
