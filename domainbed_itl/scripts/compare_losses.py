@@ -2,8 +2,9 @@
 
 A learned loss only matters if training with it generalises better, so this is the check after
 meta-learning: ERM with cross-entropy, ERM_ITL with the published omega and, for every
-`--learned NAME=FILE`, ERM_ITL with the omega in that file (the JSON `meta.train` writes), all
-on the same splits, test domains and trial seeds. Each run is a real `domainbed.scripts.train`
+`--learned NAME=FILE`, the learned loss in that file (the `learned_loss.json` that `meta.train`
+or `meta.cmaes` writes: a Taylor loss deploys with ERM_ITL, iSCE with ERM_iSCE), all on the
+same splits, test domains and trial seeds. Each run is a real `domainbed.scripts.train`
 subprocess in its own directory, so an interrupted comparison picks up where it stopped: finished
 runs are reused and a killed run resumes from its last checkpoint.
 
@@ -27,7 +28,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tqdm import tqdm
 
@@ -37,11 +37,9 @@ from domainbed.lib.cli import UsageError
 from domainbed.lib.precision import warn_if_bf16_is_slow
 from domainbed.lib.reporting import standard_error
 from domainbed.scripts import train as train_script
-from domainbed_itl.algorithms.variants import LOSS_CHOICES, taylor_from_hparams
+from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 
 PROG = "compare_losses"
-# The keys a learned loss file may hold: ERM_ITL's loss hyperparameters.
-LEARNED_KEYS = frozenset(h.name for h in LOSS_CHOICES["ITL"].hparams)
 
 
 class StepFailed(RuntimeError):
@@ -64,32 +62,16 @@ class Entry:
 BASELINES = (Entry("ERM (cross-entropy)", "ERM"), Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL"))
 
 
-def _read_learned(path: str) -> dict[str, Any]:
-    """The hyperparameters in a learned loss file, checked as ERM_ITL will check them, so a bad
-    file stops the comparison before its first run rather than after the baselines."""
-    advice = "give the learned_loss.json that domainbed_itl.meta.train wrote"
-    try:
-        hparams = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"cannot read learned loss {path!r} ({err}); {advice}") from None
-    if not isinstance(hparams, dict) or "itl_omega" not in hparams:
-        raise UsageError(f"{path!r} has no 'itl_omega'; {advice}")
-    unknown = sorted(set(hparams) - LEARNED_KEYS)
-    if unknown:
-        raise UsageError(f"{path!r} holds {', '.join(unknown)}, which ERM_ITL does not take "
-                         f"(only {', '.join(sorted(LEARNED_KEYS))}); {advice}")
-    try:
-        taylor_from_hparams(hparams)
-    except ValueError as err:
-        raise UsageError(f"{path!r}: {err}; {advice}") from None
-    return hparams
-
-
 def learned_entry(spec: str) -> Entry:
-    """`NAME=FILE` (or just FILE) -> an ERM_ITL entry with the hyperparameters in FILE."""
+    """`NAME=FILE` (or just FILE) -> the entry that deploys the learned loss in FILE (ERM_ITL
+    for a Taylor loss, ERM_iSCE for iSCE), checked now, so a bad file stops the comparison
+    before its first run rather than after the baselines."""
     name, _, path = spec.rpartition("=")
-    hparams = _read_learned(path)
-    return Entry(f"ERM_ITL ({name or Path(path).parent.name})", "ERM_ITL", hparams)
+    try:
+        algorithm, hparams = LearnedLoss.from_file(path).deployment()
+    except LearnedLossError as err:
+        raise UsageError(str(err)) from None
+    return Entry(f"{algorithm} ({name or Path(path).parent.name})", algorithm, hparams)
 
 
 def train_arguments(entry: Entry, args: argparse.Namespace, test_env: int,
@@ -236,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "reads (the test domain's in split, the others' out splits): about 3x "
                         "less evaluation, but the runs cannot serve DomainBed model selection")
     parser.add_argument("--learned", action="append", default=[], metavar="NAME=FILE",
-                        help="a learned_loss.json to deploy with ERM_ITL (repeatable)")
+                        help="a learned_loss.json to deploy (Taylor with ERM_ITL, iSCE with "
+                        "ERM_iSCE; repeatable)")
     parser.add_argument("--quiet", action="store_true", help="hide the runs' own stdout")
     return parser
 
