@@ -7,20 +7,25 @@ ITL (and any other Taylor loss given with --omega) is min-max normalised to [0, 
 plotted range, since its raw values are offset by label-only constants; CE, SCE and focal are
 drawn as they are.
 
-    python -m domainbed_itl.scripts.plot_losses --out fig5.png [--omega w0 w1 ... w11]
+    python -m domainbed_itl.scripts.plot_losses --out fig5.png [--omega w0 w1 ... w11] \
+        [--learned out/meta/learned_loss.json]
+
+A learned loss (`--learned`, the learned_loss.json of meta.train or meta.cmaes) is drawn the
+same way: normalised if it is a Taylor loss, as it is if it is iSCE.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 
 from domainbed.lib import atomic
+from domainbed.lib.cli import OneLineParser, UsageError, command
 from domainbed.lib.output_dir import OutputDirError, check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
+from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 
 MAX_ORDER = 8
 
@@ -45,7 +50,8 @@ def order_of(omega: list[float]) -> int:
     raise ValueError(f"--omega has {len(omega)} values; a Taylor loss takes {sizes}")
 
 
-def panels(omegas: list[list[float]]) -> list[tuple[str, torch.nn.Module, bool]]:
+def panels(omegas: list[list[float]], learned: list[tuple[Path, LearnedLoss]] = ()
+           ) -> list[tuple[str, torch.nn.Module, bool]]:
     """(title, loss with per-example reduction, normalise?) for each panel, left to right."""
     shown = [("CE", get_loss("ce", reduction="none"), False),
              ("SCE (alpha=0.1, beta=1)", get_loss("sce", reduction="none"), False),
@@ -55,17 +61,24 @@ def panels(omegas: list[list[float]]) -> list[tuple[str, torch.nn.Module, bool]]
         order = order_of(omega)
         loss = get_loss("taylor", omega=omega, order=order, reduction="none")
         shown.append((f"--omega #{i} (order {order}, normalised)", loss, True))
+    for path, loss in learned:
+        # Taylor losses carry label-only offsets, so they are normalised like ITL.
+        taylor = loss.family == "taylor"
+        label = path.parent.name or path.name
+        shown.append((f"{label} ({loss.describe()}{', normalised' if taylor else ''})",
+                      loss.module(reduction="none"), taylor))
     return shown
 
 
-def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 400) -> None:
+def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 400,
+         learned: list[tuple[Path, LearnedLoss]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     p = torch.linspace(1e-3, 1 - 1e-3, points, dtype=torch.float64)
-    shown = panels(omegas)
+    shown = panels(omegas, learned)
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False)
     for ax, (title, loss, normalise) in zip(axes[0], shown, strict=True):
         y = loss_curve(loss, p, num_classes)
@@ -89,28 +102,31 @@ def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 4
         plt.close(fig)
 
 
+@command("plot_losses", usage_errors=(OutputDirError,))
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="plot_losses", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="plot_losses", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("fig5_losses.png"))
     parser.add_argument("--omega", type=float, nargs="+", action="append", default=[],
                         help="parameters of another Taylor loss to plot; repeat for several")
+    parser.add_argument("--learned", type=Path, action="append", default=[], metavar="FILE",
+                        help="a learned_loss.json (Taylor or iSCE) to plot; repeat for several")
     parser.add_argument("--num_classes", type=int, default=10)
     args = parser.parse_args(argv)
     if args.num_classes < 2:
-        parser.error("--num_classes must be at least 2")
+        raise UsageError("--num_classes must be at least 2")
     try:
         panels(args.omega)
     except ValueError as error:
-        parser.error(str(error))
+        raise UsageError(str(error)) from None
     try:
-        if args.out.is_dir():
-            raise OutputDirError(f"--out {args.out} is a directory; name the PNG file to write")
-        check_output_dir(args.out.parent, "the directory of --out")
-    except OutputDirError as error:
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
-        return 2
+        learned = [(path, LearnedLoss.from_file(path)) for path in args.learned]
+    except LearnedLossError as error:
+        raise UsageError(f"--learned {error}") from None
+    if args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a directory; name the PNG file to write")
+    check_output_dir(args.out.parent, "the directory of --out")
     try:
-        plot(args.out, args.omega, args.num_classes)
+        plot(args.out, args.omega, args.num_classes, learned=learned)
     except OSError as error:  # e.g. a full disk: the figure is not written, nothing half done
         print(f"{parser.prog}: error: cannot write {args.out} ({error.strerror or error})",
               file=sys.stderr)
