@@ -69,18 +69,19 @@ class RayBackend:
         self.started = False
         self._remote: dict[Callable[..., Any], Any] = {}
         self._shared: dict[int, tuple[Any, Any]] = {}
+        if address is not None:
+            _probe(address)
         if ray.is_initialized():
             return
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address is not None:
-            _probe(address)
             try:
                 ray.init(address=address, **quiet)
             except (ConnectionError, RuntimeError) as err:
                 raise RayUnavailableError(f"cannot connect to the Ray cluster at {address} "
                                           f"({' '.join(str(err).split())[:200]})") from None
             return
-        ray.init(num_cpus=LOCAL_CPUS, num_gpus=0, include_dashboard=False,
+        ray.init(address="local", num_cpus=LOCAL_CPUS, num_gpus=0, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
         self.started = True
 
