@@ -40,7 +40,7 @@ def _import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise RayUnavailableError("--backend ray needs Ray: pip install 'domainbed-itl[ray]' "
+        raise RayUnavailableError("--backend ray needs Ray: pip install 'domainbed-itl[cluster]' "
                                   "(or pip install ray)") from None
     return ray
 
