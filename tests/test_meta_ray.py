@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +142,33 @@ def test_an_unreachable_ray_address_is_one_line_and_exit_2(tmp_path, capsys, com
     assert f"cannot reach a Ray cluster at --ray_address {address}" in line
     assert "ray start --head" in line
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path, mnist_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "domainbed_itl.meta.train", "--data_dir", str(mnist_dir),
+           "--output_dir", str(out), "--outer_steps", "3", "--hidden", "64",
+           "--inner_steps", "150", "--hessian_batch", "128", "--val_batch", "256",
+           "--eval_examples", "300", "--threads", "1", "--backend", "ray"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = out / "checkpoint.pt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    before = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    done = torch.load(checkpoint, weights_only=True)["step"]
+    assert done >= 1 and len(before) == done
+    if done == 3:
+        pytest.skip("the run finished before it could be killed")
+    finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr
+    after = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in after] == [0, 1, 2]
+    assert after[:done] == before
