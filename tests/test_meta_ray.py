@@ -163,12 +163,13 @@ def test_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path, mnist_dir):
     proc.wait()
     proc.stderr.close()
     before = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    done = torch.load(checkpoint, weights_only=True)["step"]
-    assert done >= 1 and len(before) == done
+    saved = torch.load(checkpoint, weights_only=True)
+    done = saved["step"]
+    assert done >= 1 and len(before) in (done - 1, done)  # see test_meta's kill test
     if done == 3:
         pytest.skip("the run finished before it could be killed")
     finished = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr
     after = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in after] == [0, 1, 2]
-    assert after[:done] == before
+    assert after[:done] == saved["records"] and after[:len(before)] == before
