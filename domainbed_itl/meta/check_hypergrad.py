@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
+from domainbed.lib import atomic
 from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.base_model import Params, init_mlp, mlp_forward
 from domainbed_itl.meta.families import TaylorFamily
@@ -225,7 +226,7 @@ def _fmt(v: Any) -> str:
 def write_outputs(result: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in result["rows"] for k in r))
-    with open(out / "hypergrad_check.csv", "w", newline="") as handle:
+    with atomic.atomic_open(out / "hypergrad_check.csv") as handle:
         writer = csv.DictWriter(handle, keys)
         writer.writeheader()
         writer.writerows(result["rows"])
@@ -240,7 +241,7 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         lines += ["", f"## Sweep over {sweep}", "",
                   "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r.get(k, "")) for k in cols) + " |" for r in rows]
-    (out / "hypergrad_check.md").write_text("\n".join(lines) + "\n")
+    atomic.write_text(out / "hypergrad_check.md", "\n".join(lines) + "\n")
     _plot(result, out / "hypergrad_check.png")
 
 
@@ -286,7 +287,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for ax in axes[1]:
         ax.set_yscale("log")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
     plt.close(fig)
 
 
