@@ -34,7 +34,7 @@ from domainbed.datasets.base import DataUnavailableError
 from domainbed.datasets.mnist import load_mnist
 from domainbed.scripts import download
 
-# The MD5 sums of the uncompressed MNIST files (FACTS.md), independent of our conversion code.
+# The canonical MD5 sums of the uncompressed MNIST files, independent of our conversion code.
 CANONICAL_MD5 = {
     "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
     "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",

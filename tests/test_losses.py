@@ -104,7 +104,8 @@ def test_itl_is_eq10_at_table8_with_negative_class_mean():
 
 
 def test_table8_polynomial_values_match_facts():
-    """FACTS.md: l(p, 1) rises from 31.9 to 51.9 and l(p, 0) falls from 3.69 to -1.45."""
+    """With Table 8's values, l(p, 1) rises from 31.9 to 51.9 and l(p, 0) falls from 3.69 to
+    -1.45 as p goes from 0 to 1."""
     w = torch.tensor(ITL_OMEGA, dtype=torch.float64)
     ends = torch.tensor([0.0, 1.0], dtype=torch.float64)
     torch.testing.assert_close(eq10(ends, 1.0, w), torch.tensor([31.894, 51.928]).double(),
@@ -274,7 +275,7 @@ def test_baseline_arguments_are_checked():
 
 
 class Negated(torch.nn.Module):
-    """The loss with the opposite sign: for ITL, +mean of the polynomial (FACTS.md)."""
+    """The loss with the opposite sign: for ITL, +mean of the polynomial."""
 
     def __init__(self, loss: torch.nn.Module):
         super().__init__()
@@ -297,7 +298,7 @@ def mnist_tensors(mnist_dir):
 
 
 def mlp_accuracy(loss: torch.nn.Module, data, steps: int = 400, batch_size: int = 128) -> float:
-    """FACTS.md's check: an MLP 784-256-10 trained with Adam (lr 1e-3) on 5,000 MNIST training
+    """The sign check: an MLP 784-256-10 trained with Adam (lr 1e-3) on 5,000 MNIST training
     images, tested on 2,000 test images."""
     x, y, x_test, y_test = data
     torch.manual_seed(0)
@@ -320,7 +321,7 @@ def mlp_accuracy(loss: torch.nn.Module, data, steps: int = 400, batch_size: int 
 
 
 def test_itl_trains_mnist_and_the_opposite_sign_does_not(mnist_tensors):
-    """FACTS.md measured CE 0.895, ITL 0.888, +ITL 0.002 with this setup."""
+    """Measured once with this setup: CE 0.895, ITL 0.888, +ITL 0.002."""
     itl = mlp_accuracy(ITL(), mnist_tensors)
     ce = mlp_accuracy(get_loss("ce"), mnist_tensors)
     wrong_sign = mlp_accuracy(Negated(ITL()), mnist_tensors)

@@ -19,9 +19,11 @@ terms (b >= 1) by total degree. Up to degree 4 the mixed terms follow Eq. 10 exa
 are the same listing cut at their degree (order 3 is TaylorGLO's 8-parameter form). Degree-5
 mixed terms, which the paper never prints, come by rising a: (1,4), (2,3), (3,2), (4,1).
 
-Sign (checked in FACTS.md by training on MNIST): with Table 8's values the polynomial *rises*
-with the true-class probability, so the loss is its negative mean over the C classes (Eq. 8
-averages over classes; TaylorGLO negates), then averaged over the batch.
+Sign: with Table 8's values the polynomial *rises* with the true-class probability, so the loss
+is its negative mean over the C classes (Eq. 8 averages over classes; TaylorGLO negates), then
+averaged over the batch. Checked by training an MLP 784-256-10 on 5,000 MNIST images (400 Adam
+steps, lr 1e-3, 2,000 test images): 0.895 accuracy with CE, 0.888 with this ITL, 0.002 with
+the opposite sign (tests/test_losses.py keeps that check).
 """
 
 from __future__ import annotations
@@ -152,7 +154,8 @@ class ITL(TaylorLoss):
     loss = -(1/C) sum_c l(p_c, y_c), averaged over the batch, with l as in Eq. 10. The minus
     sign is what makes it a loss: with Table 8's values l grows with the true-class probability
     (l(p, 1) goes from 31.9 at p = 0 to 51.9 at p = 1), and training on +l drives accuracy to
-    zero (FACTS.md). Pass `omega` to deploy another learned order-4 loss the same way.
+    zero (see the module docstring). Pass `omega` to deploy another learned order-4 loss the
+    same way.
     """
 
     def __init__(self, omega: Sequence[float] | torch.Tensor = ITL_OMEGA,
