@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from domainbed.lib.query import Q
+from domainbed.lib.reporting import reported_envs
 
 RunAcc = dict[str, float]
 
@@ -25,14 +26,6 @@ RunAcc = dict[str, float]
 def single_test_env_records(records: Q) -> Q:
     """The records of runs that held out one environment only (the ones a table reports)."""
     return records.filter(lambda record: len(record["args"]["test_envs"]) == 1)
-
-
-def _env_count(record: dict) -> int:
-    """How many environments a record reports, counting env0_out_acc, env1_out_acc, ... ."""
-    count = 0
-    while f"env{count}_out_acc" in record:
-        count += 1
-    return count
 
 
 class SelectionMethod:
@@ -96,7 +89,7 @@ class IIDAccuracySelectionMethod(SelectionMethod):
     def _step_acc(cls, record: dict) -> RunAcc:
         test_env = record["args"]["test_envs"][0]
         held_out = [
-            record[f"env{env}_out_acc"] for env in range(_env_count(record)) if env != test_env
+            record[f"env{env}_out_acc"] for env in range(reported_envs(record)) if env != test_env
         ]
         return {
             "val_acc": float(np.mean(held_out)),
@@ -123,7 +116,7 @@ class LeaveOneOutSelectionMethod(SelectionMethod):
         if len(reported) != 1:
             return None
         test_env = reported[0]["args"]["test_envs"][0]
-        n_envs = _env_count(step_records[0])
+        n_envs = reported_envs(step_records[0])
         val_accs: dict[int, float] = {}
         for record in step_records:
             envs = record["args"]["test_envs"]

@@ -115,10 +115,7 @@ def _env_labels(dataset: str, records: Q) -> list[str]:
     if dataset in datasets.DATASETS:
         return list(datasets.get_dataset_class(dataset).ENVIRONMENTS)
     sample = records.filter_equals("args.dataset", dataset)[0]
-    count = 0
-    while f"env{count}_out_acc" in sample:
-        count += 1
-    return [f"env{env}" for env in range(count)]
+    return [f"env{env}" for env in range(reporting.reported_envs(sample))]
 
 
 def _average_cell(means: list[float | None]) -> str:
