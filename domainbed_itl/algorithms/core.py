@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from domainbed_itl.algorithms.variants import Variant
 
 Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
-Update = Callable[..., dict[str, float]]
 
 
 def concat_minibatches(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
