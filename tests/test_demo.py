@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from domainbed.scripts import train
-from domainbed_itl.scripts import demo
+from domainbed_itl.scripts import compare_losses, demo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,6 +58,25 @@ def test_an_unknown_eval_split_is_refused_in_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_table_splits_only_evaluates_what_the_table_reads_once(tmp_path, capsys):
+    out = tmp_path / "compare"
+    assert compare_losses.main(["--dataset", "Debug28", "--output_dir", str(out),
+                                "--test_envs", "1", "--steps", "3", "--quiet",
+                                "--table_splits_only"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ERM")]
+    for row, slug in zip(rows, ("erm--cross-entropy-", "erm_itl--published--tab--8-"),
+                         strict=True):
+        (run,) = (out / slug).iterdir()
+        (record,) = read_records(run)
+        assert record["step"] == 2
+        assert sorted(k for k in record if k.endswith("_acc")) == [
+            "env0_out_acc", "env1_in_acc", "env2_out_acc"]
+        val = (record["env0_out_acc"] + record["env2_out_acc"]) / 2
+        assert row.split(" | ")[1:] == [f"{100 * record['env1_in_acc']:.1f}",
+                                        f"{100 * record['env1_in_acc']:.1f}",
+                                        f"{100 * val:.1f} |"]
+
+
 @pytest.mark.slow
 def test_demo_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, mnist_dir):
     out = tmp_path / "demo"
@@ -77,7 +96,8 @@ def test_demo_runs_the_whole_pipeline_on_a_tiny_budget(tmp_path, mnist_dir):
     rows = [line for line in lines if line.startswith("| ERM")]
     assert [row.split(" | ")[0] for row in rows] == [
         "| ERM (cross-entropy)", "| ERM_ITL (published, Tab. 8)", "| ERM_ITL (learned just now)"]
-    learned = json.loads((out / "meta" / "learned_loss.json").read_text())["itl_omega"]
+    learned_file = out / "meta" / "outer1_inner3" / "learned_loss.json"
+    learned = json.loads(learned_file.read_text())["itl_omega"]
     runs = sorted((out / "erm").glob("*/env0_trial0_*"))
     assert len(runs) == 3
     for run in runs:

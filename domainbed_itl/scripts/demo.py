@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     announce(Budget(args.steps, args.outer_steps, args.inner_steps), erm_step_seconds())
     out = Path(args.output_dir)
-    meta_dir = out / "meta"
+    # Named by its budget: meta.train refuses to resume a directory made with other settings.
+    meta_dir = out / "meta" / f"outer{args.outer_steps}_inner{args.inner_steps}"
     try:
         ensure_mnist(args.data_dir)
         compare_losses.run(
