@@ -5,12 +5,14 @@ are reported with their stderr, and bad settings are refused before any job dire
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from launcher_checks import (
@@ -55,21 +57,61 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_ray_sweep_matches_local_sweep_and_reruns_only_what_is_missing(tmp_path):
-    local_root, ray_root = tmp_path / "local", tmp_path / "ray"
-    local = run_sweep("launch", local_root, *SMALL_SWEEP, "--steps", "2",
-                      "--command_launcher", "local", "--max_parallel", "2", env=RAY_ENV)
+@pytest.fixture(scope="module")
+def local_records(tmp_path_factory) -> dict[str, list[dict]]:
+    """The small sweep's records under the `local` launcher, to compare the Ray runs with."""
+    root = tmp_path_factory.mktemp("local") / "sweep"
+    local = run_sweep("launch", root, *SMALL_SWEEP, "--steps", "2", "--command_launcher",
+                      "local", "--max_parallel", "2", env=RAY_ENV)
     assert local.returncode == 0, local.stdout[-2000:] + local.stderr[-2000:]
+    records = training_records(root)
+    assert len(records) == 3 and done_jobs(root) == set(records)
+    assert all([r["step"] for r in job] == [0, 1] for job in records.values())
+    return records
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real Ray cluster of one node, started with `ray start --head` as on a head node, with
+    token authentication; its address. Stopped with SIGTERM, as `ray start --block` expects."""
+    port = _closed_port()
+    head = subprocess.Popen(
+        [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block",
+         f"--port={port}", "--num-cpus=2", "--object-store-memory=100000000",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        env=environ_with({**RAY_ENV, "RAY_AUTH_MODE": "token"}),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, head.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+
+
+@pytest.mark.slow  # 90 s on the project's 2-core machine shared with other work; make test-all
+def test_ray_sweep_matches_local_sweep_and_reruns_only_what_is_missing(tmp_path, local_records):
+    ray_root = tmp_path / "ray"
     ran = run_sweep("launch", ray_root, *RAY_SWEEP, env=RAY_ENV)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
     assert "All 3 jobs exited successfully." in ran.stdout
 
     # Same job directories (named by the arguments' hash), all done, same records step by step.
-    assert job_dirs(ray_root) == job_dirs(local_root) == done_jobs(ray_root)
-    assert len(job_dirs(ray_root)) == 3
-    expected = training_records(local_root)
-    assert training_records(ray_root) == expected
-    assert all([r["step"] for r in records] == [0, 1] for records in expected.values())
+    assert job_dirs(ray_root) == done_jobs(ray_root) == set(local_records)
+    assert training_records(ray_root) == local_records
 
     # Lose one job: the relaunch runs it alone and leaves the finished ones untouched.
     lost, *kept = sorted(job_dirs(ray_root))
@@ -80,7 +122,19 @@ def test_ray_sweep_matches_local_sweep_and_reruns_only_what_is_missing(tmp_path)
     assert "About to launch 1 jobs." in again.stdout
     assert "All 1 jobs exited successfully." in again.stdout
     assert fingerprint(ray_root, kept) == before
-    assert training_records(ray_root) == expected
+    assert training_records(ray_root) == local_records
+
+
+@pytest.mark.slow
+def test_ray_sweep_on_a_running_cluster_given_by_address(tmp_path, ray_cluster, local_records):
+    """The sweep connects to the cluster (no Ray instance of its own) and gets the same
+    results; the address is checked, and the connection made, before any job directory."""
+    root = tmp_path / "sweep"
+    env = {**RAY_ENV, "DOMAINBED_RAY_ADDRESS": ray_cluster, "RAY_AUTH_MODE": "token"}
+    ran = run_sweep("launch", root, *RAY_SWEEP, env=env)
+    assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+    assert "All 3 jobs exited successfully." in ran.stdout
+    assert training_records(root) == local_records
 
 
 def test_ray_launcher_reports_failed_jobs_with_their_stderr(ray_env, capsys):

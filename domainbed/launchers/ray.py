@@ -5,7 +5,9 @@ Settings (environment variables, so that every sweep script takes them unchanged
 
     DOMAINBED_RAY_ADDRESS       the cluster to use, as `ray start --head` prints it (host:port,
                                 ray://host:port or auto); Ray's own RAY_ADDRESS is read when
-                                this is unset. Unset both to start a Ray instance here.
+                                this is unset. Unset both to start a Ray instance here. Ray's
+                                own settings apply too: a cluster started with token
+                                authentication needs RAY_AUTH_MODE=token and its token.
     DOMAINBED_RAY_CPUS_PER_JOB  CPUs Ray reserves for each job (default 1)
     DOMAINBED_RAY_GPUS_PER_JOB  GPUs per job (default 1 where the cluster has GPUs, else 0)
     DOMAINBED_RAY_NUM_CPUS      CPUs of a Ray instance started here (default: all of them)
@@ -126,10 +128,16 @@ def _connect(settings: RaySettings) -> bool:
         try:
             ray.init(address=settings.address, **quiet)
         except ConnectionError as err:
+            hint = ""
+            if not os.environ.get("RAY_AUTH_MODE"):
+                hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token "
+                        "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
             raise SettingError(f"cannot connect to the Ray cluster at {settings.address}: "
-                               f"{' '.join(str(err).split())}") from None
+                               f"{' '.join(str(err).split())}{hint}") from None
         return False
+    # "local": a new instance even where `ray start` left a cluster that ray.init() would join.
     ray.init(
+        address="local",
         num_cpus=settings.num_cpus,
         num_gpus=_local_gpus(),
         object_store_memory=settings.object_store_mb * 2**20,

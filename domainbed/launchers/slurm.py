@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,8 @@ JOBS_RECORD = "jobs.tsv"
 JOB_NAME = "domainbed"
 
 # Slurm states after which a job will not run again by itself; any other state is waiting,
-# running or on its way back to the queue.
+# running or on its way back to the queue. PREEMPTED is left out: a job preempted to be
+# requeued must not count as ended (one preempted for good ends once Slurm forgets it).
 _ENDED_STATES = {
     "BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
     "REVOKED", "SPECIAL_EXIT", "TIMEOUT",
@@ -132,12 +133,10 @@ class ShellJob:
     command: str
     cwd: str
 
-    def __call__(self) -> int:
-        sys.stdout.flush()
+    def __call__(self) -> None:
         returncode = run_shell(self.command, self.cwd, None, None)
         if returncode != 0:
             raise JobFailed(f"exit status {returncode}")
-        return returncode
 
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or time-out: requeue the same command, which
@@ -193,6 +192,7 @@ def _partition_gpus(partition: str | None) -> int:
 
 
 def _resolved_gpus(settings: SlurmSettings) -> int:
+    """GPUs per job: as set, else one where the partition has GPUs and none where it has not."""
     if settings.gpus is not None:
         return settings.gpus
     return min(1, _partition_gpus(settings.partition))
@@ -250,7 +250,6 @@ class _Record:
     """`jobs.tsv`: the Slurm job id and job directory of every job this sweep submitted."""
 
     path: Path
-    active_dirs: set[str] = field(default_factory=set)
 
     def append(self, submitted: Sequence[_Submitted]) -> None:
         with open(self.path, "a") as handle:
