@@ -21,3 +21,16 @@ def mnist_dir() -> Path:
     """A data_dir whose MNIST/raw holds the four MD5-verified IDX files."""
     data_dir = Path(os.environ.get("DOMAINBED_TEST_DATA", REPO_ROOT / "data"))
     return ensure_mnist(data_dir)
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """Commands run in-process (`main(argv)`) may set torch's thread count for their process,
+    as `--threads` asks; a later test comparing bit for bit with a subprocess, which starts with
+    the default count, would then see other float rounding. Each test starts from the count the
+    session started with."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
