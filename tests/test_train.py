@@ -190,7 +190,10 @@ def test_killed_run_resumes_bit_exactly(tmp_path, capsys):
     common = ["--dataset", "Debug28", "--algorithm", "ERM", "--hparams_seed", "1",
               "--hparams", '{"batch_size": 8}', "--steps", "24", "--checkpoint_freq", "4"]
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    assert train.main([*common, "--output_dir", str(whole)]) == 0
+    # Every training part runs in a fresh process, as a sweep runs it: in-process runs would
+    # inherit torch state that earlier tests of the session changed, and round differently.
+    done = cli(*common, "--output_dir", str(whole))
+    assert done.returncode == 0, done.stderr
 
     kill_after_first_checkpoint([*common, "--output_dir", str(cut)], cut)
     resume_step = torch.load(cut / "resume.pt", weights_only=True)["next_step"]
@@ -206,7 +209,8 @@ def test_killed_run_resumes_bit_exactly(tmp_path, capsys):
     assert len(err) == 1 and "checkpoint_freq" in err[0]
     assert (cut / "resume.pt").read_bytes() == state
 
-    assert train.main([*common, "--output_dir", str(cut)]) == 0
+    done = cli(*common, "--output_dir", str(cut))
+    assert done.returncode == 0, done.stderr
     assert f"Resuming from step {resume_step}" in (cut / "out.txt").read_text()
     assert not (cut / "resume.pt").exists()
 
