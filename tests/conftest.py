@@ -34,3 +34,23 @@ def torch_threads_restored():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the meta-learning tests: their models are tiny, one thread avoids
+    OpenMP spin-waits on shared cores, and it adds floats in the order a one-CPU Ray task does."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def rmnist(mnist_dir):
+    """RotatedMNIST's six real domains, loaded once per test module."""
+    from domainbed_itl.meta import data as meta_data
+
+    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)

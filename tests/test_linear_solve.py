@@ -21,13 +21,7 @@ from domainbed_itl.meta.linear_solve import (
     solve,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _spd(n: int, eigenvalues: torch.Tensor, seed: int) -> torch.Tensor:

@@ -35,20 +35,7 @@ TINY = ["--hidden", "32", "--inner_steps", "30", "--hessian_batch", "64", "--val
         "--eval_examples", "200", "--neumann_terms", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread avoids OpenMP spin-waits when the 2 cores are shared
-    with other jobs (the same reason the CLI has --threads). Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def rmnist(mnist_dir):
-    """RotatedMNIST's six domains, loaded once for the in-process tests."""
-    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

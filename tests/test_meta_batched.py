@@ -18,19 +18,7 @@ from domainbed_itl.meta.outer import MetaConfig, leave_one_domain_out, make_doma
 from domainbed_itl.meta.splits import batching_for, start_split
 from domainbed_itl.meta.trainer import MetaTrainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def rmnist(mnist_dir):
-    """RotatedMNIST's six real domains, loaded once for this module."""
-    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

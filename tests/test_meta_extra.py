@@ -22,17 +22,7 @@ TINY = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eval_exa
 TINY_IFT = [*TINY, "--hessian_batch", "32", "--neumann_terms", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def rmnist(mnist_dir):
-    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -32,14 +32,7 @@ CFG = MetaConfig(hidden=(16,), inner_steps=20, hessian_batch=48, val_batch=64,
                  eval_examples=100, neumann_terms=3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The driver computes with one thread, as each Ray task does (Ray sets OMP_NUM_THREADS=1
-    for one-CPU tasks), so both sides add up the same floats in the same order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +42,6 @@ def backend():
         ray_backend = RayBackend()
         yield ray_backend
         ray_backend.close()
-
-
-@pytest.fixture(scope="module")
-def rmnist(mnist_dir):
-    return meta_data.load_domains("RotatedMNIST", str(mnist_dir), 0)
 
 
 @pytest.fixture(scope="module")
