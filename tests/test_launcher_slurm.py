@@ -107,8 +107,20 @@ def _until(condition, what: str, timeout: float = TIMEOUT_S, proc=None):
 
 
 def _release_when_requeued(job_id: str) -> None:
-    """A requeued job waits two minutes before it may start again: let it start now."""
+    """A requeued job waits two minutes before it may start again: let it start as soon as
+    Slurm can start it.
+
+    Requeuing revokes the job's credential on the node, and slurmd refuses to launch the job
+    again with a credential issued in the same second as, or before, the revocation: Slurm then
+    fails the job for good ("Killing non-startable batch JobId=...: Job credential revoked"),
+    which its two-minute delay exists to prevent. The revocation happened before the job shows
+    as PENDING (the node's cleanup of the stopped run, which revokes first, ends COMPLETING),
+    so the job is released once the clock has reached the next whole second.
+    """
     _until(lambda: _state(job_id) == "PENDING", f"job {job_id} to be requeued")
+    revoked_by = int(time.time())
+    _until(lambda: int(time.time()) > revoked_by,
+           f"the second after job {job_id}'s credential was revoked")
     _slurm("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
 
