@@ -27,9 +27,14 @@ from launcher_checks import (
     training_records,
 )
 
+from domainbed.launchers.common import report
 from domainbed.launchers.slurm import (
     JOBS_RECORD,
     LOG_DIR_NAME,
+    QueueState,
+    ShellJob,
+    _finished,
+    _Submitted,
     gpus_in_gres,
     parse_sbatch_options,
     queue_states,
@@ -76,7 +81,8 @@ def _slurm(*args: str) -> str:
 
 def _state(job_id: str) -> str:
     """The job's state as squeue shows it, "" once Slurm has forgotten it."""
-    return queue_states().get(job_id, "")
+    queued = queue_states().get(job_id)
+    return queued.state if queued is not None else ""
 
 
 def _n_records(job_dir: Path) -> int:
@@ -287,3 +293,47 @@ def test_sbatch_options_and_gpu_counts_are_read_as_slurm_writes_them():
     assert [gpus_in_gres(g) for g in ("(null)", "gpu:4", "gpu:a100:8(S:0-1)", "gpu:2,mps:100",
                                       "mps:100", "gpu")] == [0, 4, 8, 2, 0, 1]
 
+
+def _run_to_the_end(command: str, folder: Path, run: int, monkeypatch) -> _Submitted:
+    """`command` run as the slurm launcher's job runs on a node, through submitit (its local
+    executor, so no Slurm), as the given run of its job: it leaves a real result file."""
+    import submitit
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", str(run - 1))
+    executor = submitit.LocalExecutor(folder=folder)
+    executor.update_parameters(timeout_min=5)
+    job = executor.submit(ShellJob(command, str(folder)))
+    _until(job.done, f"the local run of {command!r}", timeout=120)
+    return _Submitted(command, job)
+
+
+def test_a_failure_left_by_a_requeued_run_is_not_the_jobs_outcome(tmp_path, monkeypatch, capsys):
+    """A run that Slurm stops and requeues leaves its failure in the job's result file. The
+    launcher waits while a later run is coming, and once Slurm says the job has ended, that
+    failure stands only if it came from the job's last run: a job Slurm failed or cancelled
+    after requeuing it ended without a result (Slurm could not start it again, say)."""
+    first = _run_to_the_end("exit 3", tmp_path / "first", 1, monkeypatch)
+    second = _run_to_the_end("exit 4", tmp_path / "second", 2, monkeypatch)
+    succeeded = _run_to_the_end("true", tmp_path / "succeeded", 1, monkeypatch)
+
+    def outcome(entry: _Submitted, state: str, requeues: int):
+        return _finished(entry, {entry.job.job_id: QueueState(state, requeues)})
+
+    assert outcome(first, "PENDING", 1) is None
+    assert outcome(first, "RUNNING", 1) is None
+    assert outcome(first, "FAILED", 0).failure == "exit status 3"
+    assert outcome(first, "CANCELLED", 0).failure == "exit status 3 (CANCELLED)"
+    stale = outcome(first, "FAILED", 1)
+    assert stale.failure == (
+        "ended without a result (FAILED after 1 requeue; run 1 had exit status 3)")
+    assert outcome(first, "CANCELLED", 2).failure == (
+        "ended without a result (CANCELLED after 2 requeues; run 1 had exit status 3)")
+    assert outcome(second, "FAILED", 1).failure == "exit status 4"
+    assert outcome(succeeded, "COMPLETED", 1).failure is None
+    assert any("JobFailed: exit status 3 in run 1" in line for line in stale.log_tail)
+
+    failed = report([stale, outcome(second, "FAILED", 1), outcome(succeeded, "COMPLETED", 0)])
+    assert failed == ["exit 3", "exit 4"]
+    out = capsys.readouterr().out
+    assert out.startswith("2 of 3 jobs failed:\n  ended without a result (FAILED after 1 requeue;")
+    assert "\n  exit status 4: exit 4\n" in out

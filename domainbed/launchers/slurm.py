@@ -25,7 +25,9 @@ requeues the job, which restarts the same training command, and the training scr
 on from its last checkpoint (`resume.pt`). A job that Slurm itself requeues (preemption with
 PreemptMode=REQUEUE, `scontrol requeue`) resumes the same way. A finished job is never run
 again: the sweep launches only jobs whose directory has no `done`, and this launcher skips any
-job whose directory still has a Slurm job queued or running.
+job whose directory still has a Slurm job queued or running. A run that Slurm stops leaves its
+failure in the job's result file; the report names it only if no later run followed, and
+otherwise says the job ended without a result (Slurm could not start it again, say).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tqdm
 
@@ -122,7 +124,17 @@ def parse_sbatch_options(text: str) -> dict[str, Any]:
 
 
 class JobFailed(RuntimeError):
-    """The job's command exited non-zero: raised so that Slurm records the job as FAILED."""
+    """The job's command exited non-zero: raised so that Slurm records the job as FAILED.
+
+    The message names the run (1 for the first, one more after each requeue), so that the
+    launcher can tell a failure of the job's last run from one left behind by a run that Slurm
+    stopped and requeued.
+    """
+
+
+def _this_run() -> int:
+    """Which run of its Slurm job this is: 1, plus one for each time Slurm requeued the job."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) + 1
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,7 @@ class ShellJob:
     def __call__(self) -> None:
         returncode = run_shell(self.command, self.cwd, None, None)
         if returncode != 0:
-            raise JobFailed(f"exit status {returncode}")
+            raise JobFailed(f"exit status {returncode} in run {_this_run()}")
 
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or time-out: requeue the same command, which
@@ -264,21 +276,28 @@ class _Record:
         busy = set()
         for line in self.path.read_text().splitlines():
             job_id, _, job_dir = line.partition("\t")
-            if states.get(job_id, "COMPLETED") not in _ENDED_STATES:
+            if job_id in states and states[job_id].state not in _ENDED_STATES:
                 busy.add(job_dir)
         return busy
 
 
-def queue_states() -> dict[str, str]:
-    """Slurm state of every job of this user the controller still knows, one per array task,
-    finished ones included (kept for MinJobAge)."""
+class QueueState(NamedTuple):
+    """A job as squeue shows it: its state, and how often Slurm has requeued it."""
+
+    state: str
+    requeues: int
+
+
+def queue_states() -> dict[str, QueueState]:
+    """Every job of this user the controller still knows, one per array task, finished ones
+    included (kept for MinJobAge)."""
     output = _slurm_query("squeue", "-h", "-r", "--states=all", "-u", getpass.getuser(),
-                          "-o", "%i|%T")
+                          "-O", "JobArrayID:64,State:32,RestartCnt:16")
     states = {}
     for line in output.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        if job_id:
-            states[job_id] = state
+        fields = line.split()
+        if len(fields) == 3 and fields[2].isdigit():
+            states[fields[0]] = QueueState(fields[1], int(fields[2]))
     return states
 
 
@@ -301,27 +320,36 @@ def _submit(commands: Sequence[str], settings: SlurmSettings, folder: Path,
     return submitted
 
 
-def _failure_of(entry: _Submitted) -> str | None:
+class _Failure(NamedTuple):
+    how: str
+    run: int | None  # which run of the job failed, where the job itself reported it
+
+
+def _failure_of(entry: _Submitted) -> _Failure | None:
     """None if the job's command succeeded, else how it failed, from its result file."""
     try:
         entry.job.result()
     except Exception as err:  # submitit re-raises what the job raised, as text
-        found = re.search(r"JobFailed: (exit status -?\d+)", str(err))
+        found = re.search(r"JobFailed: (exit status -?\d+) in run (\d+)", str(err))
         if found:
-            return found.group(1)
+            return _Failure(found.group(1), int(found.group(2)))
         lines = [line for line in str(err).splitlines() if line.strip()]
-        return f"failed in submitit ({lines[0] if lines else type(err).__name__})"
+        return _Failure(f"failed in submitit ({lines[0] if lines else type(err).__name__})",
+                        None)
     return None
 
 
-def _finished(entry: _Submitted, states: Mapping[str, str]) -> Outcome | None:
+def _finished(entry: _Submitted, states: Mapping[str, QueueState]) -> Outcome | None:
     """The job's outcome once Slurm says it will not run again, else None.
 
     Slurm's word comes first: a requeued job may hold the result file of the run that was
-    stopped, and that result stands only once no later run is coming.
+    stopped, and that result stands only once no later run is coming. A failure reported by
+    a run that Slurm then requeued is not the job's: its last run ended without a result
+    (Slurm could not start it again, say, or it was cancelled while queued).
     """
     job = entry.job
-    state = states.get(job.job_id)
+    queued = states.get(job.job_id)
+    state = queued.state if queued is not None else None
     if state is not None and state not in _ENDED_STATES:
         entry.missing_looks = 0
         return None
@@ -338,9 +366,16 @@ def _finished(entry: _Submitted, states: Mapping[str, str]) -> Outcome | None:
     failure = _failure_of(entry)
     if failure is None:
         return Outcome(entry.command)
+    if queued is not None and failure.run is not None and failure.run <= queued.requeues:
+        requeues = f"{queued.requeues} requeue{'s' if queued.requeues > 1 else ''}"
+        return Outcome(entry.command,
+                       f"ended without a result ({state} after {requeues}; run {failure.run} "
+                       f"had {failure.how})",
+                       tail_of_file(job.paths.stderr))
+    how = failure.how
     if state not in (None, "COMPLETED", "FAILED"):
-        failure = f"{failure} ({state})"
-    return Outcome(entry.command, failure, tail_of_file(job.paths.stderr))
+        how = f"{how} ({state})"
+    return Outcome(entry.command, how, tail_of_file(job.paths.stderr))
 
 
 def _wait(submitted: list[_Submitted], poll_s: float) -> list[Outcome]:
