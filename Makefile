@@ -37,7 +37,7 @@ table = $(if $(filter dummy,$(LAUNCHER)),@echo "LAUNCHER=dummy: nothing ran so t
 	$(COLLECT) --input_dir $(OUT_DIR)/$(1) --table $(2) $(3) || \
 	echo "No Table $(2) yet: run make again once the jobs in $(OUT_DIR)/$(1) have finished")
 
-.PHONY: venv demo test test-all lint bench clean data meta-train reproduce fig2 \
+.PHONY: venv demo test test-slurm test-all lint bench clean data meta-train reproduce fig2 \
 	table1 table2 table3 table4 table9 table10 sweep-table1 sweep-table2 sweep-table3 sweep-table4
 
 venv: $(STAMP)
@@ -56,6 +56,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The slurm launcher's tests on a real one-node Slurm (scripts/slurm_local.sh, root; about 3 min).
+test-slurm: $(STAMP)
+	trap 'scripts/slurm_local.sh down' EXIT; $(PY) -m pytest -q -m slow tests/test_launcher_slurm.py
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q tests
