@@ -34,6 +34,18 @@ def run_sweep(command: str, root: Path, *flags: str, env: dict[str, str | None] 
     )
 
 
+def assert_launch_refused(root: Path, flags: list[str], capsys, message: str) -> None:
+    """`sweep launch` into `root` exits 2 with one line containing `message`, before it creates
+    anything: bad launcher settings must not leave a half-made sweep."""
+    from domainbed.scripts import sweep
+
+    returncode = sweep.main(["launch", "--output_dir", str(root), *flags])
+    err = capsys.readouterr().err
+    assert returncode == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not root.exists()
+
+
 def environ_with(env: dict[str, str | None]) -> dict[str, str]:
     """This process's environment with `env` added; a None value removes the variable."""
     merged = {**os.environ, **env}

@@ -18,6 +18,7 @@ import pytest
 from launcher_checks import (
     REPO_ROOT,
     SMALL_SWEEP,
+    assert_launch_refused,
     done_jobs,
     environ_with,
     fingerprint,
@@ -28,7 +29,6 @@ from launcher_checks import (
 )
 
 from domainbed import command_launchers
-from domainbed.scripts import sweep
 
 # A small local instance: this machine's two cores, a small object store, no dashboard. One
 # torch thread per job under both launchers, so that both compute the same floats.
@@ -189,12 +189,7 @@ def test_bad_ray_settings_are_refused_before_any_job_directory(
 ):
     for name, value in settings.items():
         monkeypatch.setenv(name, value.format(port=_closed_port()))
-    root = tmp_path / "sweep"
-    returncode = sweep.main(["launch", "--output_dir", str(root), *RAY_SWEEP])
-    err = capsys.readouterr().err
-    assert returncode == 2
-    assert len(err.strip().splitlines()) == 1 and message in err, err
-    assert not root.exists()
+    assert_launch_refused(tmp_path / "sweep", RAY_SWEEP, capsys, message)
 
 
 def test_unreachable_ray_address_from_the_shell(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 from launcher_checks import (
     REPO_ROOT,
     SMALL_SWEEP,
+    assert_launch_refused,
     done_jobs,
     environ_with,
     fingerprint,
@@ -39,7 +40,6 @@ from domainbed.launchers.slurm import (
     parse_sbatch_options,
     queue_states,
 )
-from domainbed.scripts import sweep
 from domainbed.scripts.sweep import Job, make_args_list
 
 SLURM_ENV = {
@@ -278,12 +278,7 @@ def test_bad_slurm_settings_are_refused_before_any_job_directory(
 ):
     for name, value in settings.items():
         monkeypatch.setenv(name, value)
-    root = tmp_path / "sweep"
-    returncode = sweep.main(["launch", "--output_dir", str(root), *SLURM_SWEEP])
-    err = capsys.readouterr().err
-    assert returncode == 2
-    assert len(err.strip().splitlines()) == 1 and message in err, err
-    assert not root.exists()
+    assert_launch_refused(tmp_path / "sweep", SLURM_SWEEP, capsys, message)
 
 
 def test_sbatch_options_and_gpu_counts_are_read_as_slurm_writes_them():
