@@ -217,13 +217,13 @@ def test_cancelled_preempted_and_requeued_jobs(tmp_path, slurm_cluster):
 
 @pytest.mark.slow
 def test_no_wait_submission_is_never_submitted_twice(tmp_path, slurm_cluster):
-    """With DOMAINBED_SLURM_NO_WAIT=1 the sweep returns once the array is queued (one job at a
-    time: DOMAINBED_SLURM_ARRAY_PARALLELISM=1), leaving the job ids in .slurm/jobs.tsv.
-    Launching again with --resume_incomplete while some are still queued submits nothing; the
-    jobs finish on their own, each run once."""
+    """With --no_wait the sweep returns once the array is queued (one job at a time:
+    DOMAINBED_SLURM_ARRAY_PARALLELISM=1), leaving the job ids in .slurm/jobs.tsv. Launching
+    again (DOMAINBED_SLURM_NO_WAIT=1 this time) with --resume_incomplete while some are still
+    queued submits nothing; the jobs finish on their own, each run once."""
     root = tmp_path / "sweep"
-    env = {**SLURM_ENV, "DOMAINBED_SLURM_NO_WAIT": "1", "DOMAINBED_SLURM_ARRAY_PARALLELISM": "1"}
-    first = run_sweep("launch", root, *SLURM_SWEEP, env=env)
+    env = {**SLURM_ENV, "DOMAINBED_SLURM_ARRAY_PARALLELISM": "1"}
+    first = run_sweep("launch", root, *SLURM_SWEEP, "--no_wait", env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Not waiting" in first.stdout
     ids = _slurm_ids(root)
@@ -231,7 +231,8 @@ def test_no_wait_submission_is_never_submitted_twice(tmp_path, slurm_cluster):
     (array,) = {job_id.split("_")[0] for job_id in ids.values()}
     assert "#SBATCH --array=0-2%1\n" in (root / LOG_DIR_NAME / f"{array}_submission.sh").read_text()
 
-    again = run_sweep("launch", root, *SLURM_SWEEP, "--resume_incomplete", env=env)
+    again = run_sweep("launch", root, *SLURM_SWEEP, "--resume_incomplete",
+                      env={**env, "DOMAINBED_SLURM_NO_WAIT": "1"})
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     queued = int(again.stdout.split("About to launch ")[1].split()[0])
     assert queued >= 1, "no job was left queued when the sweep was launched again"

@@ -241,6 +241,9 @@ def test_relaunch_skips_launched_jobs_and_delete_commands(tmp_path, sweep_main, 
         (["--hparams", "{lr: 1}"], "sweep: --hparams is not valid JSON"),
         (["--n_hparams", "0"], "sweep: need --n_trials >= 1"),
         (["--max_parallel", "2"], "sweep: the 'dummy' launcher does not take --max_parallel"),
+        (["--no_wait"], "sweep: the 'dummy' launcher does not take --no_wait"),
+        (["--command_launcher", "local", "--no_wait"],
+         "sweep: the 'local' launcher does not take --no_wait"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(tmp_path, sweep_main, flags, message):

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -418,15 +418,19 @@ def log_dir_for(commands: Sequence[str]) -> Path:
 
 
 @command_launchers.register_launcher("slurm", check=check_slurm)
-def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None) -> list[str] | None:
+def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None,
+                   no_wait: bool = False) -> list[str] | None:
     """Submit the commands as Slurm job arrays, then wait for them with a progress bar and
-    return the ones that failed; with DOMAINBED_SLURM_NO_WAIT=1 return None once submitted.
+    return the ones that failed; with `no_wait` (the sweep's --no_wait) or
+    DOMAINBED_SLURM_NO_WAIT=1 return None once submitted.
 
     Ctrl-C, SIGTERM or SIGHUP while waiting cancel the submitted jobs, as the `local` launcher
-    stops its own; with DOMAINBED_SLURM_NO_WAIT=1 nothing waits and the jobs are Slurm's.
+    stops its own; without waiting, nothing waits and the jobs are Slurm's.
     """
     check_slurm()
     settings = SlurmSettings.from_env()
+    if no_wait:
+        settings = replace(settings, no_wait=True)
     if max_parallel is not None and max_parallel < 1:
         raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
     folder = log_dir_for(commands)
@@ -445,7 +449,7 @@ def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None) -> 
             submitted = _submit(commands, settings, folder,
                                 max_parallel or settings.array_parallelism)
             if settings.no_wait:
-                print(f"Not waiting (DOMAINBED_SLURM_NO_WAIT=1): see squeue -n {JOB_NAME}; "
+                print(f"Not waiting: see squeue -n {JOB_NAME}; "
                       "launch the sweep again later to see what is done.")
                 return None
             outcomes = _wait(submitted, settings.poll_s)

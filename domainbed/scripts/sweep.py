@@ -260,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="jobs run at once by the local launcher (default 1)",
     )
     parser.add_argument(
+        "--no_wait",
+        action="store_true",
+        help="return once the jobs are queued, for launchers that queue them (slurm); launch "
+        "again later to see what is done",
+    )
+    parser.add_argument(
         "--resume_incomplete",
         action="store_true",
         help="launch incomplete jobs too (not those still running); each continues from its "
@@ -305,12 +311,18 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--hparams is not valid JSON: {err}") from None
         if not isinstance(overrides, dict):
             raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
-    if args.max_parallel is not None:
-        if args.max_parallel < 1:
-            raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
+    for flag, option in _launcher_options(args).items():
         launcher = command_launchers.REGISTRY[args.command_launcher]
-        if "max_parallel" not in inspect.signature(launcher).parameters:
-            raise UsageError(f"the {args.command_launcher!r} launcher does not take --max_parallel")
+        if option not in inspect.signature(launcher).parameters:
+            raise UsageError(f"the {args.command_launcher!r} launcher does not take {flag}")
+
+
+def _launcher_options(args: argparse.Namespace) -> dict[str, str]:
+    """Flags given that a launcher takes as keyword arguments: flag -> parameter name."""
+    given = {"--max_parallel": args.max_parallel is not None, "--no_wait": args.no_wait}
+    return {flag: flag.removeprefix("--") for flag, on in given.items() if on}
 
 
 def _summary(jobs: Sequence[Job]) -> str:
@@ -413,7 +425,7 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
         print(f"About to launch {len(launching)} jobs.")
         if not launching or not _confirmed(args):
             return 0
-        options = {} if args.max_parallel is None else {"max_parallel": args.max_parallel}
+        options = {name: getattr(args, name) for name in _launcher_options(args).values()}
         launcher = command_launchers.REGISTRY[args.command_launcher]
         try:
             failed = Job.launch(launching, launcher, seed=args.seed, **options)
