@@ -313,16 +313,20 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
-    for flag, option in _launcher_options(args).items():
-        launcher = command_launchers.REGISTRY[args.command_launcher]
-        if option not in inspect.signature(launcher).parameters:
-            raise UsageError(f"the {args.command_launcher!r} launcher does not take {flag}")
+    accepted = inspect.signature(command_launchers.REGISTRY[args.command_launcher]).parameters
+    for name in _launcher_options(args):
+        if name not in accepted:
+            raise UsageError(f"the {args.command_launcher!r} launcher does not take --{name}")
 
 
-def _launcher_options(args: argparse.Namespace) -> dict[str, str]:
-    """Flags given that a launcher takes as keyword arguments: flag -> parameter name."""
-    given = {"--max_parallel": args.max_parallel is not None, "--no_wait": args.no_wait}
-    return {flag: flag.removeprefix("--") for flag, on in given.items() if on}
+def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given that go to the launcher as keyword arguments of the same name."""
+    options: dict[str, Any] = {}
+    if args.max_parallel is not None:
+        options["max_parallel"] = args.max_parallel
+    if args.no_wait:
+        options["no_wait"] = True
+    return options
 
 
 def _summary(jobs: Sequence[Job]) -> str:
@@ -425,10 +429,9 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
         print(f"About to launch {len(launching)} jobs.")
         if not launching or not _confirmed(args):
             return 0
-        options = {name: getattr(args, name) for name in _launcher_options(args).values()}
         launcher = command_launchers.REGISTRY[args.command_launcher]
         try:
-            failed = Job.launch(launching, launcher, seed=args.seed, **options)
+            failed = Job.launch(launching, launcher, seed=args.seed, **_launcher_options(args))
         except KeyboardInterrupt:
             print(
                 "Interrupted: unfinished jobs are incomplete; `delete_incomplete` then `launch` "
