@@ -14,6 +14,14 @@ from the measured costs: inner time scaled to the full inner length, the rest as
 One inner SGD step of the functional MLP is also compared with the same MLP as an nn.Module
 (`--micro_steps`, 0 to skip). Prints only the tables; `--out` also writes them to a file,
 headed by the command line and the machine.
+
+`--runs 1 3` adds seconds per outer step of several independent runs (seeds 0, 1, ...; each
+on its own seed's data) advanced together as `meta.train_many` does (`trainer.RunGroups`),
+per path: on the batched path the runs' splits form one stack, on the sequential path each run
+steps on its own. Small settings for a CPU:
+
+    python benchmarks/meta_step.py --data_dir data --threads 1 --hidden 64 --inner_steps 100 \
+        --outer_steps 3 --micro_steps 0 --runs 1 3
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainbed.lib.misc import seed_hash
 from domainbed_itl.meta import batched, outer
 from domainbed_itl.meta.base_model import init_mlp, mlp_forward
 from domainbed_itl.meta.data import load_domains
 from domainbed_itl.meta.families import initial_w, make_family
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set
 from domainbed_itl.meta.splits import BATCHING
-from domainbed_itl.meta.trainer import MetaTrainer
+from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
 
 PAPER_OUTER_STEPS = 200
 # The functions each path spends its inner training and its hypergradients in.
@@ -162,6 +171,46 @@ def time_path(path: str, data, family, w0, cfg: MetaConfig, outer_steps: int,
     return {k: sum(s[k] for s in kept) / len(kept) for k in steps[0]}
 
 
+def time_runs(n_runs: int, path: str, args: argparse.Namespace, cfg: MetaConfig, family,
+              device: torch.device, sync: Callable[[], None]) -> float:
+    """Mean seconds per outer step of `n_runs` runs (seeds 0..n-1) advanced together, after
+    the first step when there are several (CUDA graph capture, warm-up)."""
+    trainers = []
+    for seed in range(n_runs):
+        domains, num_classes = load_domains("RotatedMNIST", args.data_dir, seed)
+        data = make_domain_set(domains, num_classes, cfg.eval_examples, seed, device)
+        w0 = initial_w(family, "ce_like", num_classes,
+                       torch.Generator().manual_seed(seed_hash(seed, "init")))
+        run_cfg = MetaConfig(**{**cfg.__dict__, "seed": seed, "inner_batching": path})
+        trainers.append(MetaTrainer(data, family, run_cfg, w0))
+    groups = RunGroups(trainers)
+    seconds = []
+    for _ in range(args.outer_steps):
+        sync()
+        start = time.perf_counter()
+        groups.step(range(n_runs))
+        sync()
+        seconds.append(time.perf_counter() - start)
+    kept = seconds[1:] if len(seconds) > 1 else seconds
+    return sum(kept) / len(kept)
+
+
+def runs_table(args: argparse.Namespace, cfg: MetaConfig, family, device: torch.device,
+               sync: Callable[[], None]) -> list[str]:
+    lines = ["", f"Several runs advanced together (meta.train_many), seconds per outer step of "
+             f"all runs ({cfg.inner_steps} inner steps, MLP {cfg.hidden}; mean of "
+             f"{max(args.outer_steps - 1, 1)} step(s)):", "",
+             f"| path | runs | s per outer step | s per run and step | {PAPER_OUTER_STEPS} "
+             "outer steps |", "|---|---|---|---|---|"]
+    for path in args.paths:
+        for n in args.runs:
+            sec = time_runs(n, path, args, cfg, family, device, sync)
+            name = f"{path} (stacked)" if path == "batched" else path
+            lines.append(f"| {name} | {n} | {sec:.2f} s | {sec / n:.2f} s | "
+                         f"{PAPER_OUTER_STEPS * sec / 3600:.2f} h |")
+    return lines
+
+
 def report(args: argparse.Namespace, device: torch.device) -> list[str]:
     sync = synchroniser(device)
     lines = [f"$ python {' '.join(sys.argv)}", "",
@@ -169,7 +218,8 @@ def report(args: argparse.Namespace, device: torch.device) -> list[str]:
              f"{torch.get_num_threads()} threads; load average before: "
              f"{tuple(round(v, 2) for v in os.getloadavg())}"]
     domains, num_classes = load_domains("RotatedMNIST", args.data_dir, 0)
-    cfg = MetaConfig(inner_steps=args.inner_steps, hypergrad_solver=args.hypergrad_solver)
+    cfg = MetaConfig(inner_steps=args.inner_steps, hypergrad_solver=args.hypergrad_solver,
+                     hidden=tuple(args.hidden))
     data = make_domain_set(domains, num_classes, cfg.eval_examples, 0, device)
     family = make_family("taylor", 4)
     w0 = initial_w(family, "ce_like", num_classes, torch.Generator().manual_seed(0))
@@ -197,6 +247,8 @@ def report(args: argparse.Namespace, device: torch.device) -> list[str]:
         lines.append(f"| {path} | {t['inner']:.2f} s | {t['hypergradient']:.2f} s | "
                      f"{t['rest']:.2f} s | {t['total']:.2f} s | {full:.2f} s | "
                      f"{PAPER_OUTER_STEPS * full / 3600:.2f} h |")
+    if args.runs:
+        lines += runs_table(args, cfg, family, device, sync)
     lines += ["", f"`--inner_batching auto` picks "
               f"{'sequential' if device.type == 'cpu' else 'batched'} on this device; the "
               "paper: 8 V100-hours for its schedule (Sec. A.5)",
@@ -216,13 +268,17 @@ def main() -> None:
                    choices=[b for b in BATCHING if b != "auto"])
     p.add_argument("--hypergrad_solver", default=MetaConfig().hypergrad_solver)
     p.add_argument("--micro_steps", type=int, default=200)
+    p.add_argument("--hidden", type=int, nargs="+", default=list(MetaConfig().hidden),
+                   help="hidden widths of the MLP base model")
+    p.add_argument("--runs", type=int, nargs="+", default=[],
+                   help="also time this many runs advanced together (e.g. 1 3)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--out", help="also write the report here")
     args = p.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    if args.inner_steps < 1 or args.outer_steps < 1:
-        p.error("--inner_steps and --outer_steps must be >= 1")
+    if args.inner_steps < 1 or args.outer_steps < 1 or any(n < 1 for n in args.runs):
+        p.error("--inner_steps, --outer_steps and --runs must be >= 1")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")

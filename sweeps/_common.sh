@@ -42,3 +42,89 @@ run_sweep() {
         "$PY" -m "$module" "$COMMAND" "${flags[@]}" "${yes[@]}"
     fi
 }
+
+# --- Meta-training tables and figures (Tables 5 and 6, Figs. 3 and 6) -------------------------
+# These stages run in this shell, one after another; each resumes when rerun (meta-training
+# after its last outer step, deployment after its last finished run). LAUNCHER=dummy prints
+# every command and runs nothing; other launchers do not apply to them.
+# META_STEPS: outer steps (the paper's 200); META_SEEDS: meta-training seeds; META_ORDER: the
+# Taylor order; META_EXTRA: more meta.train flags (e.g. --device cuda); DEPLOY: mlp (the
+# meta-learner's MLP, scripts.deploy) or domainbed (DomainBed's ERM, compare_losses); STEPS:
+# training steps per deployment run (each command's default when unset); DEPLOY_EXTRA: more
+# deployment flags; COLLECT_FLAGS: collect_results flags (default --compare_paper).
+META_STEPS=${META_STEPS:-200}
+META_SEEDS=${META_SEEDS:-0 1 2 3 4}
+META_ORDER=${META_ORDER:-4}
+DEPLOY=${DEPLOY:-mlp}
+COLLECT_FLAGS=${COLLECT_FLAGS-"--compare_paper"}
+
+# check_meta_settings: refuse, before any stage runs, settings these stages cannot use.
+check_meta_settings() {
+    local problem=""
+    case "$LAUNCHER" in local | dummy) ;; *)
+        problem="LAUNCHER=$LAUNCHER: these stages run in this shell; use local or dummy" ;;
+    esac
+    case "$DEPLOY" in mlp | domainbed) ;; *)
+        problem="DEPLOY=$DEPLOY: choose mlp or domainbed" ;;
+    esac
+    if [ -n "$problem" ]; then
+        echo "$(basename "$0"): error: $problem" >&2
+        exit 2
+    fi
+}
+
+# stage CMD...: run one stage, or with LAUNCHER=dummy print it (shell-quoted) instead.
+stage() {
+    if [ "$LAUNCHER" = dummy ]; then
+        printf '%q ' "$@"
+        echo
+    else
+        "$@"
+    fi
+}
+
+# meta_train OUT FLAG...: meta.train_many into OUT with the paper's settings, META_STEPS outer
+# steps, one run per order of META_ORDER and seed of META_SEEDS
+# (OUT/<dataset>_order<k>_seed<s>).
+meta_train() {
+    local out=$1
+    shift
+    # shellcheck disable=SC2086  # META_ORDER, META_SEEDS and META_EXTRA are lists
+    stage "$PY" -m domainbed_itl.meta.train_many --data_dir "$DATA_DIR" --output_dir "$out" \
+        --preset paper --outer_steps "$META_STEPS" --orders $META_ORDER --seeds $META_SEEDS \
+        "$@" ${META_EXTRA:-}
+}
+
+# learned_specs META_DIR DATASET PREFIX: the --learned LABEL=FILE of every META_SEEDS run of
+# DATASET under META_DIR, labelled PREFIX<seed> (named, not searched for: the runs may not
+# exist yet when LAUNCHER=dummy prints the commands).
+learned_specs() {
+    local seed
+    for seed in $META_SEEDS; do
+        printf '%s ' "$3$seed=$1/$2_order${META_ORDER}_seed$seed/learned_loss.json"
+    done
+}
+
+# deploy OUT DATASET "ENVS" LABEL=FILE...: CE, the published ITL and each learned loss trained
+# on DATASET's other environments and tested on each of ENVS, N_TRIALS trial seeds, into OUT.
+deploy() {
+    local out=$1 dataset=$2 envs=$3 spec
+    shift 3
+    local flags=(--data_dir "$DATA_DIR" --output_dir "$out" --dataset "$dataset")
+    # shellcheck disable=SC2206  # ENVS is a list
+    flags+=(--test_envs $envs --trial_seeds $(seq 0 $((N_TRIALS - 1))))
+    for spec in "$@"; do flags+=(--learned "$spec"); done
+    if [ -n "${STEPS:-}" ]; then flags+=(--steps "$STEPS"); fi
+    # shellcheck disable=SC2206  # DEPLOY_EXTRA is a list of flags
+    flags+=(${DEPLOY_EXTRA:-})
+    local module=domainbed_itl.scripts.deploy
+    [ "$DEPLOY" = domainbed ] && module=domainbed_itl.scripts.compare_losses
+    stage "$PY" -m "$module" "${flags[@]}"
+}
+
+# collect DIR TABLE: print a table from the deployment records under DIR.
+collect() {
+    # shellcheck disable=SC2086  # COLLECT_FLAGS is a list of flags
+    stage "$PY" -m domainbed_itl.scripts.collect_results --input_dir "$1" --table "$2" \
+        $COLLECT_FLAGS
+}

@@ -1,5 +1,6 @@
 """compare_losses: real train subprocesses per loss, a table built from their records, a rerun
-that trains nothing new, and reruns with other settings that never report the old numbers."""
+that trains nothing new, reruns with other settings that never report the old numbers, and the
+deployment records (records.jsonl) every finished run leaves."""
 
 import json
 
@@ -8,12 +9,17 @@ import pytest
 
 from domainbed.scripts import train as train_script
 from domainbed_itl.losses import ITL_OMEGA
+from domainbed_itl.losses.learned import LearnedLoss, preset_provenance
 from domainbed_itl.scripts import compare_losses
 
 
 def _last_records(out, slug, env, trials):
     return [json.loads(next((out / slug).glob(f"env{env}_trial{t}_*/results.jsonl"))
                        .read_text().splitlines()[-1]) for t in trials]
+
+
+def _deployment_records(out):
+    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
 
 
 def test_compare_runs_each_loss_and_tabulates_the_last_records(tmp_path, capsys):
@@ -41,11 +47,29 @@ def test_compare_runs_each_loss_and_tabulates_the_last_records(tmp_path, capsys)
     assert report.rstrip().endswith((out / "table.md").read_text().strip())
     assert all(r["args"]["precision"] == "fp32" for r in half)
 
+    # Every finished run is also a deployment record, the format scripts.deploy writes.
+    records = _deployment_records(out)
+    assert [(r["loss"], r["trial_seed"]) for r in records] == [
+        (label, t) for label in ("CE", "ITL (Table 8)", "half") for t in (0, 1)]
+    for r in records:
+        last = _last_records(out, {"CE": "erm--cross-entropy-",
+                                   "ITL (Table 8)": "erm_itl--published--tab--8-",
+                                   "half": "erm_itl--half-"}[r["loss"]], 2, [r["trial_seed"]])[0]
+        assert r["test_acc"] == last["env2_in_acc"]
+        assert r["source_acc"] == (last["env0_out_acc"] + last["env1_out_acc"]) / 2
+        assert (r["protocol"], r["dataset"], r["test_env"], r["steps"], r["meta"]) == (
+            "domainbed", "Debug28", 2, 3, None)
+        assert r["settings"] == {"seed": 0, "precision": "fp32"} and r["seconds"] > 0
+        assert r["algorithm"] == last["args"]["algorithm"]
+        assert r["hparams"] == ({"itl_omega": [v * 0.5 for v in ITL_OMEGA]}
+                                if r["loss"] == "half" else {})
+
     # A second call finds every run done and trains nothing.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.jsonl")}
     assert compare_losses.main(argv) == 0
     assert "$ " not in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/*/results.jsonl")} == stamps
+    assert _deployment_records(out) == records  # each run is recorded once
 
     # The same label for another loss trains that loss and reports it, not the old numbers.
     other = tmp_path / "other.json"
@@ -62,6 +86,31 @@ def test_compare_runs_each_loss_and_tabulates_the_last_records(tmp_path, capsys)
     fresh_accs = [r["env2_in_acc"] for r in sorted(fresh, key=lambda r: r["args"]["trial_seed"])]
     row = next(line for line in printed.splitlines() if line.startswith("| ERM_ITL (half)"))
     assert row.split(" | ")[1].startswith(f"{100 * np.mean(fresh_accs):.1f} ± ")
+    relabelled = _deployment_records(out)
+    assert relabelled[:6] == records and len(relabelled) == 8
+    assert [r["test_acc"] for r in relabelled[6:]] == fresh_accs
+    assert all(r["hparams"]["itl_omega"] == [v * 2.0 for v in ITL_OMEGA] for r in relabelled[6:])
+
+
+def test_a_preset_deploys_and_runs_finished_before_their_record_are_recorded(tmp_path, capsys):
+    out = tmp_path / "compare"
+    argv = ["--dataset", "Debug28", "--output_dir", str(out), "--test_envs", "0", "--steps", "2",
+            "--quiet", "--learned", "preset:rmnist-ift"]
+    assert compare_losses.main(argv) == 0
+    assert "| ERM_ITL (rmnist-ift) | " in capsys.readouterr().out
+    records = _deployment_records(out)
+    shipped = records[-1]
+    assert (shipped["loss"], shipped["algorithm"]) == ("rmnist-ift", "ERM_ITL")
+    assert shipped["hparams"] == LearnedLoss.from_file("preset:rmnist-ift").hparams()
+    assert shipped["meta"] == preset_provenance("rmnist-ift")["meta"]
+    # A comparison whose records were lost (or that predates them) gets them back on the next
+    # call, without training, with no wall time to report.
+    (out / "records.jsonl").unlink()
+    assert compare_losses.main(argv) == 0
+    assert "$ " not in capsys.readouterr().out
+    again = _deployment_records(out)
+    assert [r["seconds"] for r in again] == [None] * 3
+    assert [{**r, "seconds": None} for r in records] == again
 
 
 def test_precision_reaches_every_run_and_the_table(tmp_path, capsys):

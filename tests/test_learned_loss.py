@@ -1,12 +1,16 @@
 """One type for a learned loss (domainbed_itl.losses.learned.LearnedLoss): its JSON round trip,
 the --hparams form the training engine accepts, deployment of a Taylor and of an iSCE result
-learned on real RotatedMNIST, and one clear line for every malformed file."""
+learned on real RotatedMNIST, one clear line for every malformed file, and the shipped presets."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +18,12 @@ import torch
 from domainbed import hparams_registry
 from domainbed_itl.algorithms.variants import VARIANTS
 from domainbed_itl.losses import ITL_OMEGA, n_taylor_params
-from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
+from domainbed_itl.losses.learned import (
+    LearnedLoss,
+    LearnedLossError,
+    preset_provenance,
+    presets,
+)
 from domainbed_itl.meta import train as meta_train
 from domainbed_itl.meta.families import ISCEFamily, TaylorFamily
 from domainbed_itl.scripts import compare_losses, plot_losses
@@ -149,3 +158,56 @@ def test_an_isce_result_trains_on_real_rotated_mnist(isce_learned, mnist_dir, tm
     assert record["args"]["dataset"] == "RotatedMNIST" and record["step"] == 1
     assert record["hparams"]["isce_alpha"] == LearnedLoss.from_file(isce_learned).parameters[0]
     assert all(0.0 <= record[f"env{e}_in_acc"] <= 1.0 for e in range(6))
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_shipped_preset_is_the_run_its_provenance_names():
+    assert "rmnist-ift" in presets()
+    for name in presets():
+        provenance = preset_provenance(name)
+        assert {"summary", "source", "command", "budget", "date", "meta"} <= set(provenance)
+        meta = provenance["meta"]
+        assert set(meta) == {"dataset", "seed", "exclude_envs", "family", "order",
+                             "outer_steps", "run_dir"}
+        loss = LearnedLoss.from_file(f"preset:{name}")
+        assert (loss.family, loss.order) == (meta["family"], meta["order"])
+    shipped = preset_provenance("rmnist-ift")
+    # The shipped preset is the Fig. 4 run's loss, meta-trained without environment 0.
+    assert LearnedLoss.from_file("preset:rmnist-ift") == LearnedLoss.from_file(
+        REPO_ROOT / shipped["source"])
+    run_dir = REPO_ROOT / shipped["meta"]["run_dir"]
+    assert len((run_dir / "log.jsonl").read_text().splitlines()) == shipped["meta"][
+        "outer_steps"] == 100
+    assert shipped["meta"]["exclude_envs"] == [0] and "--exclude_envs 0" in shipped["command"]
+
+
+def test_an_unknown_preset_is_one_line_naming_the_shipped_ones(tmp_path, capsys):
+    with pytest.raises(LearnedLossError, match="unknown preset 'nope'.*rmnist-ift"):
+        LearnedLoss.from_file("preset:nope")
+    out = tmp_path / "compare"
+    assert compare_losses.main(["--output_dir", str(out), "--learned", "x=preset:nope"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("compare_losses: error: unknown preset 'nope'")
+    assert "rmnist-ift" in line and not out.exists()
+
+
+@pytest.mark.slow
+def test_the_presets_are_in_the_wheel(tmp_path):
+    """setup.cfg ships every preset and its provenance (built from a copy of the sources, so
+    the work tree gets no build folder)."""
+    src = tmp_path / "src"
+    for name in ("domainbed", "domainbed_itl"):
+        shutil.copytree(REPO_ROOT / name, src / name,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-q", str(src), "-w", str(tmp_path / "dist")],
+                   check=True, capture_output=True, timeout=600)
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in presets():
+        for suffix in (".json", ".provenance.json"):
+            assert f"domainbed_itl/losses/presets/{name}{suffix}" in names

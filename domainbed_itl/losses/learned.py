@@ -2,7 +2,8 @@
 deployment.
 
 Meta-training (`domainbed_itl.meta.train`, `.cmaes`) writes it as `learned_loss.json`; the
-comparison (`domainbed_itl.scripts.compare_losses`), the plots and `--init` read it back. The
+comparisons (`domainbed_itl.scripts.compare_losses`, `.deploy`), the plots and `--init` read it
+back. The
 file is the flat hyperparameter object that deploys it, exactly what `domainbed.scripts.train
 --hparams` takes, so a user can paste it there unchanged:
 
@@ -11,6 +12,11 @@ file is the flat hyperparameter object that deploys it, exactly what `domainbed.
 
 The family is recognised by its keys. `LearnedLoss` validates once, when it is made, so
 everything downstream holds a loss that deploys.
+
+Learned losses shipped with the package (presets) live in `domainbed_itl/losses/presets/` as
+`<name>.json`, in exactly that form, beside `<name>.provenance.json`, which says where the loss
+comes from (source run, command, budget, date, results) and holds the meta-training settings
+that deployment records cite. Every reader takes `preset:<name>` wherever it takes a file.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +35,10 @@ from domainbed_itl.losses.registry import get_loss
 from domainbed_itl.losses.taylor import n_taylor_params
 
 DEFAULT_ORDER = 4
-ADVICE = "give the learned_loss.json that domainbed_itl.meta.train or .cmaes wrote"
+ADVICE = ("give the learned_loss.json that domainbed_itl.meta.train or .cmaes wrote, or "
+          "preset:<name>")
+PRESET_PREFIX = "preset:"
+PROVENANCE_SUFFIX = ".provenance.json"
 
 
 class LearnedLossError(ValueError):
@@ -178,9 +188,10 @@ class LearnedLoss:
 
     @classmethod
     def from_file(cls, path: str | Path) -> LearnedLoss:
-        """The loss in a learned_loss.json; LearnedLossError naming the file and what to give."""
+        """The loss in a learned_loss.json or a `preset:<name>`; LearnedLossError naming the
+        file and what to give."""
         try:
-            obj = json.loads(Path(path).read_text())
+            obj = json.loads(resolve(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             reason = " ".join(str(err).split())
             raise LearnedLossError(f"cannot read learned loss {str(path)!r} ({reason}); "
@@ -189,3 +200,38 @@ class LearnedLoss:
             return cls.from_hparams(obj)
         except LearnedLossError as err:
             raise LearnedLossError(f"{str(path)!r}: {err}; {ADVICE}") from None
+
+
+def presets_dir() -> Path:
+    """Where the shipped presets lie (inside the installed package)."""
+    return Path(str(resources.files("domainbed_itl.losses.presets")))
+
+
+def presets() -> list[str]:
+    """The names of the shipped learned losses, each usable as `preset:<name>`."""
+    return sorted(p.name.removesuffix(".json") for p in presets_dir().glob("*.json")
+                  if not p.name.endswith(PROVENANCE_SUFFIX))
+
+
+def preset_name(source: str | Path) -> str | None:
+    """`name` for `preset:name`, None for a file path."""
+    text = str(source)
+    return text.removeprefix(PRESET_PREFIX) if text.startswith(PRESET_PREFIX) else None
+
+
+def resolve(source: str | Path) -> Path:
+    """The file that `source` (a path or `preset:<name>`) names; LearnedLossError for an
+    unknown preset, listing the shipped ones."""
+    name = preset_name(source)
+    if name is None:
+        return Path(source)
+    if name not in presets():
+        raise LearnedLossError(f"unknown preset {name!r}; the shipped presets are: "
+                               + ", ".join(presets()))
+    return presets_dir() / f"{name}.json"
+
+
+def preset_provenance(name: str) -> dict[str, Any]:
+    """The provenance record shipped beside preset `name` (see the module docstring)."""
+    resolve(PRESET_PREFIX + name)
+    return json.loads((presets_dir() / f"{name}{PROVENANCE_SUFFIX}").read_text())

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from domainbed_itl.meta.base_model import Params, mlp_forward
-from domainbed_itl.meta.batched import run_splits_batched
+from domainbed_itl.meta.batched import Starts, run_splits_batched
 from domainbed_itl.meta.families import LossFamily
 from domainbed_itl.meta.hypergrad import implicit_hypergradient
 from domainbed_itl.meta.inner import train_on_batches
@@ -34,12 +34,11 @@ from domainbed_itl.meta.splits import (
     start_split,
 )
 
-__all__ = ["DomainSet", "MetaConfig", "SplitResult", "SplitRunner", "leave_one_domain_out",
-           "make_domain_set", "run_split"]
+__all__ = ["DomainSet", "MetaConfig", "SplitResult", "SplitRunner", "Starts", "keep_solutions",
+           "leave_one_domain_out", "make_domain_set", "run_split", "split_starts"]
 
 # Warm starts of the CG solves: the previous outer step's solution per held-out domain.
 WarmStarts = MutableMapping[int, list[torch.Tensor]]
-Starts = Sequence[Sequence[torch.Tensor]]
 
 
 class SplitRunner(Protocol):
@@ -106,16 +105,23 @@ LOCAL_RUNNERS: dict[str, SplitRunner] = {"sequential": run_splits_sequential,
                                          "batched": run_splits_batched}
 
 
-def _starts(data: DomainSet, cfg: MetaConfig, warm: WarmStarts | None
-            ) -> list[list[torch.Tensor]] | None:
-    """One start per split when warm starts apply: the previous solution, else zeros (so every
-    split spends the same HVPs on its start, on either path)."""
+def split_starts(data: DomainSet, cfg: MetaConfig, warm: WarmStarts | None
+                 ) -> list[list[torch.Tensor]] | None:
+    """One CG start per split when warm starts apply: the previous solution, else zeros (so
+    every split spends the same HVPs on its start, on either path)."""
     if warm is None or not cfg.cg_warm_start or cfg.hypergrad_solver != "cg":
         return None
     widths = (data.x.shape[1], *cfg.hidden, data.num_classes)
     shapes = [s for a, b in zip(widths[:-1], widths[1:], strict=True) for s in ((a, b), (b,))]
     zeros = [torch.zeros(s, device=data.x.device) for s in shapes]
     return [warm.get(d, zeros) for d in range(data.n_domains)]
+
+
+def keep_solutions(warm: WarmStarts, results: Sequence[SplitResult]) -> None:
+    """Store each split's solve as the next outer step's start for its held-out domain."""
+    for r in results:
+        if r.solution is not None:
+            warm[r.held_out] = r.solution
 
 
 def leave_one_domain_out(
@@ -131,11 +137,9 @@ def leave_one_domain_out(
     """Every split of one outer step, by `runner`, else one after another or stacked
     (`cfg.inner_batching`). `warm` (used with CG and `cfg.cg_warm_start`) is read for the
     starts and updated with the new solutions."""
-    starts = _starts(data, cfg, warm) if compute_hypergrad else None
+    starts = split_starts(data, cfg, warm) if compute_hypergrad else None
     run = runner or LOCAL_RUNNERS[batching_for(cfg, data.x.device)]
     results = run(data, w, family, cfg, step, compute_hypergrad, starts)
     if starts is not None:
-        for r in results:
-            if r.solution is not None:
-                warm[r.held_out] = r.solution
+        keep_solutions(warm, results)
     return results

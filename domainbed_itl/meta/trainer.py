@@ -7,6 +7,13 @@ or hypergradients go non-finite is skipped and logged; the previous update is th
 and the outer learning rate halved, since the w it produced is what made training unstable. No
 non-finite w is ever kept. `state_dict` / `load_state_dict` carry everything a resumed run
 needs (the command line, `meta.train`, checkpoints them).
+
+`RunGroups` advances several independent runs (other seeds, orders, datasets; the command
+line is `meta.train_many`) an outer step at a time. Runs that differ in their seed only train
+their splits as one stack of models (`meta.batched.run_stack`) where the splits are batched
+anyway (on GPUs, or `inner_batching="batched"`); every other run steps on its own, exactly as
+alone. Each run keeps its own w, optimiser and guard rails, so one that diverges is skipped and
+rolled back while the others go on.
 """
 
 from __future__ import annotations
@@ -14,11 +21,13 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from domainbed.lib.misc import seed_hash
+from domainbed_itl.meta.batched import Pool, StackPart, pool_domains, run_stack, shared_settings
 from domainbed_itl.meta.families import LossFamily
 from domainbed_itl.meta.guard import all_finite, require_finite
 from domainbed_itl.meta.outer import (
@@ -26,8 +35,11 @@ from domainbed_itl.meta.outer import (
     MetaConfig,
     SplitResult,
     SplitRunner,
+    keep_solutions,
     leave_one_domain_out,
+    split_starts,
 )
+from domainbed_itl.meta.splits import batching_for
 from domainbed_itl.meta.surgery import aggregate
 
 
@@ -114,6 +126,13 @@ class MetaTrainer:
         w_used = self.w.detach().clone()
         results = leave_one_domain_out(self.data, w_used, self.family, self.cfg, self.step,
                                        warm=self.warm, runner=self.runner)
+        return self.finish_step(w_used, results, start)
+
+    def finish_step(self, w_used: torch.Tensor, results: list[SplitResult],
+                    started: float) -> dict[str, Any]:
+        """The update of an outer step whose sweep at `w_used` (the current w) gave `results`,
+        with its guard rails, and the step's log record (`started`: its perf_counter start;
+        for runs stacked together, the start of the shared sweep)."""
         bad = [r for r in results if not r.finite]
         h = None
         reason = "; ".join(f"domain {r.held_out}: {r.reason}" for r in bad)
@@ -152,7 +171,7 @@ class MetaTrainer:
             "held_out_acc": _mean([r.held_out_acc for r in results]),
             "meta_loss": _mean([r.meta_loss for r in results]),
             "hypergrad_norm": _finite_or_none(float(h.norm())) if h is not None else None,
-            "seconds": round(time.perf_counter() - start, 3),
+            "seconds": round(time.perf_counter() - started, 3),
             "skipped": skipped,
             "reason": reason,
             "rolled_back": rolled_back,
@@ -167,3 +186,69 @@ class MetaTrainer:
         self.records.append(record)
         self.step += 1
         return record
+
+
+def stack_key(trainer: MetaTrainer) -> tuple[Any, ...] | None:
+    """What runs must share to be stacked together; None for a run that steps on its own (its
+    splits run sequentially or through its own runner)."""
+    data = trainer.data
+    if trainer.runner is not None or batching_for(trainer.cfg, data.x.device) != "batched":
+        return None
+    return (trainer.family, shared_settings(trainer.cfg), data.x.shape[1], data.num_classes,
+            str(data.x.device))
+
+
+def step_stacked(trainers: Sequence[MetaTrainer], pool: Pool | None = None
+                 ) -> list[dict[str, Any]]:
+    """One outer step of every run in `trainers` (all of one `stack_key`), their splits
+    trained and solved as one stack; the log records in the same order."""
+    start = time.perf_counter()
+    ws = [t.w.detach().clone() for t in trainers]
+    parts = [StackPart(t.data, w, t.cfg, t.step, split_starts(t.data, t.cfg, t.warm))
+             for t, w in zip(trainers, ws, strict=True)]
+    results = run_stack(parts, trainers[0].family, True, pool)
+    records = []
+    for t, part, w, res in zip(trainers, parts, ws, results, strict=True):
+        if part.starts is not None:
+            keep_solutions(t.warm, res)
+        records.append(t.finish_step(w, res, start))
+    return records
+
+
+class RunGroups:
+    """Several runs advanced one outer step at a time: runs of one `stack_key` as one stack,
+    every other run on its own, group after group. `groups` lists the runs' indices per
+    group; `pools` holds each stack's data, pooled once (None for a run on its own)."""
+
+    def __init__(self, trainers: Sequence[MetaTrainer]) -> None:
+        self.trainers = list(trainers)
+        stacks: dict[tuple[Any, ...], list[int]] = {}
+        self.groups: list[list[int]] = []
+        for i, trainer in enumerate(self.trainers):
+            key = stack_key(trainer)
+            if key is None:
+                self.groups.append([i])
+            elif key in stacks:
+                stacks[key].append(i)
+            else:
+                stacks[key] = [i]
+                self.groups.append(stacks[key])
+        stacked = [stack_key(self.trainers[members[0]]) is not None for members in self.groups]
+        self.pools: list[Pool | None] = [
+            pool_domains([self.trainers[i].data for i in members]) if is_stack else None
+            for members, is_stack in zip(self.groups, stacked, strict=True)]
+
+    def step(self, active: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """One outer step of each run in `active` (indices into the trainers); the records."""
+        wanted = set(active)
+        records: dict[int, dict[str, Any]] = {}
+        for members, pool in zip(self.groups, self.pools, strict=True):
+            todo = [i for i in members if i in wanted]
+            if not todo:
+                continue
+            if pool is None:
+                records.update((i, self.trainers[i].outer_step()) for i in todo)
+            else:
+                stepped = step_stacked([self.trainers[i] for i in todo], pool)
+                records.update(zip(todo, stepped, strict=True))
+        return records

@@ -1,7 +1,7 @@
 """The paper's tables (Gao et al., ICML 2022) and its Fig. 2 from sweep directories.
 
     python -m domainbed_itl.scripts.collect_results --input_dir D [--input_dir D2 ...]
-        --table {1,2,3,4,9,10} [--selection training_domain|leave_one_domain_out|oracle]
+        --table {1,2,3,4,5,6,9,10} [--selection training_domain|leave_one_domain_out|oracle]
         [--format text|markdown|latex] [--compare_paper] [--versus ERM]
         [--cd_diagram fig2.png] [--cd_blocks dataset|domain]
 
@@ -18,7 +18,13 @@ Every cell is a mean over trial seeds +/- `domainbed.lib.reporting.standard_erro
 jobs of the grid inferred in `domainbed_itl.tables.grid` says how many; nothing is imputed.
 `--compare_paper` prints the published figure beside each cell (`tables/published.json`),
 `--versus ALG` adds paired differences from ALG, `--cd_diagram` prints the Friedman and
-Nemenyi statistics and draws the critical difference diagram. No records, an unknown table,
+Nemenyi statistics and draws the critical difference diagram.
+
+Tables 5 and 6 read deployment records instead (every `records.jsonl` under the directories,
+written by `scripts.deploy` or `compare_losses`): learned losses over their meta-training seeds
+against CE and the published ITL, with their paired differences always printed; model
+selection, --versus and --cd_diagram do not apply to them (`domainbed_itl.tables.deployment`).
+No records, an unknown table,
 records of the wrong kind or an impossible request: one line on stderr and exit status 2.
 """
 
@@ -31,7 +37,8 @@ import sys
 from domainbed.lib import reporting
 from domainbed.lib.cli import command
 from domainbed.lib.query import Q
-from domainbed_itl.tables import critical_difference, order, selection
+from domainbed_itl.tables import critical_difference, deploy_records, order, selection
+from domainbed_itl.tables.deployment import table5, table6
 from domainbed_itl.tables.kinds import (
     MULTI,
     SINGLE,
@@ -53,16 +60,19 @@ TABLES = {
     "9": (MULTI, per_domain_tables),
     "10": (SINGLE, per_domain_tables),
 }
+# Tables of deployment records (`scripts.deploy`), not of sweeps.
+DEPLOYMENT = {"5": table5, "6": table6}
 FORMATS = ("text", "markdown", "latex")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Print one of the paper's tables (1, 2, 3, 4, 9, 10) from sweep directories"
+        description="Print one of the paper's tables (1, 2, 3, 4, 9, 10 from sweep "
+        "directories; 5, 6 from deployment directories)"
     )
     parser.add_argument("--input_dir", action="append", required=True,
                         help="a sweep directory; repeat to read several")
-    parser.add_argument("--table", required=True, help="1, 2, 3, 4, 9 or 10")
+    parser.add_argument("--table", required=True, help="1, 2, 3, 4, 5, 6, 9 or 10")
     parser.add_argument("--selection", choices=sorted(selection.MULTI_SOURCE),
                         default="training_domain", help="model selection (default: %(default)s)")
     parser.add_argument("--format", choices=FORMATS, default="text")
@@ -107,10 +117,29 @@ def _comment(lines: list[str], fmt: str) -> str:
     return "".join(f"{prefix}{line}\n" for line in lines)
 
 
+def deployment_table(args: argparse.Namespace) -> str:
+    """Table 5 or 6 from deployment records; TableError for options that do not apply."""
+    inapplicable = [flag for flag, given in (
+        ("--selection", args.selection != "training_domain"),
+        ("--versus", args.versus is not None),
+        ("--cd_diagram", args.cd_diagram is not None),
+    ) if given]
+    if inapplicable:
+        raise TableError(f"table {args.table} reads deployment records, to which "
+                         f"{', '.join(inapplicable)} does not apply (its paired differences "
+                         "are always printed)")
+    runs = deploy_records.load(args.input_dir)
+    request = Request(args.table, args.format, compare_paper=args.compare_paper)
+    return render(DEPLOYMENT[args.table](runs, request), args.format)
+
+
 def run(args: argparse.Namespace) -> str:
     """The whole output; raises TableError before anything is printed or written."""
+    if args.table in DEPLOYMENT:
+        return deployment_table(args)
     if args.table not in TABLES:
-        raise TableError(f"unknown table {args.table!r}; choose one of {', '.join(TABLES)}")
+        known = sorted([*TABLES, *DEPLOYMENT], key=int)
+        raise TableError(f"unknown table {args.table!r}; choose one of {', '.join(known)}")
     records = load(args.input_dir)
     scores = scores_for(records, args.table, args.selection)
     if args.versus is not None and args.versus not in scores.algorithms:

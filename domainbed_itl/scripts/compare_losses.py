@@ -6,7 +6,10 @@ meta-learning: ERM with cross-entropy, ERM_ITL with the published omega and, for
 or `meta.cmaes` writes: a Taylor loss deploys with ERM_ITL, iSCE with ERM_iSCE), all on the
 same splits, test domains and trial seeds. Each run is a real `domainbed.scripts.train`
 subprocess in its own directory, so an interrupted comparison picks up where it stopped: finished
-runs are reused and a killed run resumes from its last checkpoint.
+runs are reused and a killed run resumes from its last checkpoint. Every finished run is also
+appended to `<output_dir>/records.jsonl` as a deployment record of protocol "domainbed", the
+format `scripts.deploy` writes for its MLP runs (`domainbed_itl.meta.deploy`), so one reader
+tabulates both.
 
 A run's directory is named by its row and a hash of its complete training arguments
 (`<row>/env<E>_trial<T>_<hash>`), as sweep jobs are: a rerun with another learned loss, other
@@ -26,6 +29,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +41,7 @@ from domainbed.lib.cli import UsageError
 from domainbed.lib.precision import warn_if_bf16_is_slow
 from domainbed.lib.reporting import standard_error
 from domainbed.scripts import train as train_script
-from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
+from domainbed_itl.meta import deploy
 
 PROG = "compare_losses"
 
@@ -48,30 +52,30 @@ class StepFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the table: an algorithm and the hyperparameters that pick its loss."""
+    """One row of the table: an algorithm and the hyperparameters that pick its loss; `label`
+    and `meta` are its deployment record's `loss` and `meta`."""
 
     name: str
     algorithm: str
     hparams: dict | None = None
+    label: str = ""
+    meta: dict | None = None
 
     @property
     def slug(self) -> str:
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in self.name.lower())
 
 
-BASELINES = (Entry("ERM (cross-entropy)", "ERM"), Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL"))
+BASELINES = (Entry("ERM (cross-entropy)", "ERM", label=deploy.CE_LABEL),
+             Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL", label=deploy.ITL_LABEL))
 
 
 def learned_entry(spec: str) -> Entry:
-    """`NAME=FILE` (or just FILE) -> the entry that deploys the learned loss in FILE (ERM_ITL
-    for a Taylor loss, ERM_iSCE for iSCE), checked now, so a bad file stops the comparison
-    before its first run rather than after the baselines."""
-    name, _, path = spec.rpartition("=")
-    try:
-        algorithm, hparams = LearnedLoss.from_file(path).deployment()
-    except LearnedLossError as err:
-        raise UsageError(str(err)) from None
-    return Entry(f"{algorithm} ({name or Path(path).parent.name})", algorithm, hparams)
+    """`NAME=FILE` or `NAME=preset:<name>` (or just the source) -> the entry that deploys the
+    learned loss (ERM_ITL for a Taylor loss, ERM_iSCE for iSCE), checked now, so a bad file
+    stops the comparison before its first run rather than after the baselines."""
+    c = deploy.learned_candidate(spec)
+    return Entry(f"{c.algorithm} ({c.label})", c.algorithm, c.hparams, c.label, c.meta)
 
 
 def train_arguments(entry: Entry, args: argparse.Namespace, test_env: int,
@@ -175,10 +179,25 @@ def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry],
     return "\n".join(lines)
 
 
+def deployment_record(entry: Entry, args: argparse.Namespace, test_env: int, trial: int,
+                      record: dict, seconds: float | None) -> deploy.Record:
+    """A finished run as a deployment record: its last evaluation's test-domain `in` accuracy
+    (what the table shows) and mean source-domain `out` accuracy; `seconds` None for a run
+    found finished."""
+    return deploy.Record("domainbed", args.dataset, test_env, trial, entry.label,
+                         entry.algorithm, entry.hparams or {}, entry.meta, args.steps,
+                         {"seed": args.seed, "precision": args.precision},
+                         record[f"env{test_env}_in_acc"],
+                         _mean(source_out_accs(record, test_env)), seconds)
+
+
 def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
-    """Run every (entry, test env, trial) that is not finished yet; return the table."""
+    """Run every (entry, test env, trial) that is not finished yet, recording each finished
+    run once in records.jsonl; return the table."""
     warn_if_bf16_is_slow(args.precision, PROG)
     out = Path(args.output_dir)
+    records_path = out / deploy.RECORDS
+    recorded = {r.key() for r in deploy.read_records(records_path)}
     jobs = [(entry, env, trial) for entry in entries for env in args.test_envs
             for trial in args.trial_seeds]
     results: dict[tuple[str, int], list[dict]] = {}
@@ -186,10 +205,17 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
         argv = train_arguments(entry, args, env, trial)
         directory = run_dir(out, entry, argv, env, trial)
         record = finished_record(directory, argv)
+        seconds = None
         if record is None:
+            start = time.perf_counter()
             run(train_command(argv, directory), args.quiet)
+            seconds = time.perf_counter() - start
             record = finished_record(directory, argv)
         results.setdefault((entry.name, env), []).append(record)
+        deployed = deployment_record(entry, args, env, trial, record, seconds)
+        if deployed.key() not in recorded:
+            deploy.append_record(records_path, deployed)
+            recorded.add(deployed.key())
     budget = (f"{args.dataset}, REDUCED BUDGET: {args.steps} ERM steps per run (DomainBed's is "
               f"5000), default hyperparameters, trial seeds {args.trial_seeds}, "
               f"{args.precision}; test-domain accuracy (%) at the last step, mean ± standard "

@@ -193,12 +193,14 @@ def _machine(choice: str) -> str:
     return "h100" if torch.cuda.is_available() else "cpu"
 
 
-# Seconds per outer step of `domainbed_itl.meta.train` with its defaults (the paper's schedule).
+# Seconds per outer step of `domainbed_itl.meta.train --preset paper` on RotatedMNIST (six inner
+# loops of 1,000 steps), which `make meta-train` runs.
 META_STEP_S = {
-    "cpu": (68.7, "measured: projected from 2 outer steps with 300-step inner loops, sequential "
-                  "path, under a load of 12 on 2 cores (results/meta_step_benchmark.txt)"),
-    "h100": (1.06, "measured: one outer step of the default settings with the stacked inner "
-                   "loops and CUDA graphs, 1.06 s (32.6 s one loop after another) "
+    "cpu": (78.0, "projected: 60-68 s measured per outer step of the preset on RotatedMNIST "
+                  "without env 0 (five inner loops), under a load of about 5 on 2 cores, "
+                  "scaled to six loops (results/hypergrad_paper/COMMAND)"),
+    "h100": (0.53, "projected: 1.06 s measured per outer step of 2,000-step inner loops, "
+                   "stacked with CUDA graphs, halved for the preset's 1,000 steps "
                    "(results/meta_step_benchmark_h100.txt)"),
 }
 

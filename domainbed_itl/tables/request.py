@@ -15,6 +15,10 @@ TITLES = {
     "(the paper's is PACS, ResNet-50)",
     "4": "Table 4: single-source accuracy (%), mean over source domains of the mean over "
     "their target domains",
+    "5": "Table 5: test-domain accuracy (%) of each loss, learned losses over their "
+    "meta-training seeds (+/- standard deviation); the paper's is OfficeHome, ResNet-50",
+    "6": "Table 6: ColoredMNIST test-domain accuracy (%), a task-specific learned loss against "
+    "the generic ones",
     "9": "Table 9: multi-source accuracy (%) per test domain",
     "10": "Table 10: single-source accuracy (%) per source domain, targets a/b/c (their mean)",
 }
@@ -59,18 +63,9 @@ class Request:
             notes.append(
                 f"(paper ...): Gao et al. (ICML 2022), Table {self.table}, as printed "
                 "(domainbed_itl/tables/published.json, whose notes list the paper's "
-                "inconsistencies)."
+                "inconsistencies; those on this table follow)."
             )
-            if self.table == "2":
-                notes.append(
-                    "The paper's Avg. Rank breaks ties by column order and ranks its six "
-                    "algorithms; ours averages tied ranks over the algorithms present."
-                )
-            if self.table == "4":
-                notes.append(
-                    "Table 4's printed OfficeHome and TerraIncognita headers are swapped "
-                    "relative to Table 10's data; its figures are quoted here by the data."
-                )
+            notes += paper.notes(self.table)
             if self.selection != "training_domain":
                 notes.append("The paper's figures use training-domain validation.")
         return notes

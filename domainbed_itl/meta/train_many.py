@@ -1,0 +1,233 @@
+"""Several meta-training runs as one job: one run per (dataset, Taylor order, seed).
+
+    python -m domainbed_itl.meta.train_many --data_dir D --output_dir OUT --seeds 0 1 2 \\
+        [--orders 2 3 4 5] [--datasets RotatedMNIST ColoredMNIST] [any other meta.train flag]
+
+Run (dataset, order, seed) lives in OUT/<dataset>_order<k>_seed<s>/ (iSCE runs:
+OUT/<dataset>_isce_seed<s>/) and is exactly the run `meta.train` makes with --dataset, --order,
+--seed and --output_dir set to those and every other flag as given here: the same files
+(checkpoint.pt, log.jsonl, learned_loss.json, learning_curve.png) and the same recorded
+settings, so either command resumes the other's runs. Rerunning this command resumes every run
+after its own last finished outer step. --seeds, --orders and --datasets replace --seed, --order
+and --dataset; --exclude_envs applies to every run.
+
+Why one job: the runs advance one outer step at a time together (`meta.trainer.RunGroups`).
+Where the splits are stacked (GPUs, or --inner_batching batched), the runs of one dataset and
+order, which differ in their seed only, train all their splits as one stack of models, so a
+GPU runs the paper's schedule for several seeds in about the time of one; the groups (other
+datasets, orders) take turns. On a CPU, --inner_batching auto runs each run's splits one after
+another, as `meta.train` does there. Every run has its own w, optimiser and guard rails: a run
+whose steps go non-finite is skipped and rolled back on its own; one that reaches --max_skips
+stops with an error line while the others go on, and the job then exits with status 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from domainbed.datasets.base import DataUnavailableError
+from domainbed.lib import atomic
+from domainbed.lib.cli import UsageError, command, print_error
+from domainbed.lib.output_dir import make_output_dir
+from domainbed_itl.meta import train
+from domainbed_itl.meta.families import make_family
+from domainbed_itl.meta.outer import DomainSet, make_domain_set
+from domainbed_itl.meta.ray_backend import RayBackend, RaySplitRunner
+from domainbed_itl.meta.run_settings import Prepared, meta_config, prepare, run_config
+from domainbed_itl.meta.state import check_config, rewrite_log
+from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
+
+PROG = "domainbed_itl.meta.train_many"
+# This command's own flags (the rest are meta.train's), dropped from each run's settings.
+MANY = ("seeds", "orders", "datasets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = train.build_parser()
+    p.prog = "python -m domainbed_itl.meta.train_many"
+    p.description = ("Several meta-training runs (seeds x Taylor orders x datasets) in one "
+                     "process, stacked where the inner loops are batched.")
+    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (replaces --seed)")
+    p.add_argument("--orders", type=int, nargs="+",
+                   help="one run per Taylor order (replaces --order)")
+    p.add_argument("--datasets", nargs="+", help="one run per dataset (replaces --dataset)")
+    return p
+
+
+def run_name(args: argparse.Namespace) -> str:
+    """The directory of one run under --output_dir."""
+    if args.family == "taylor":
+        return f"{args.dataset}_order{args.order}_seed{args.seed}"
+    return f"{args.dataset}_{args.family}_seed{args.seed}"
+
+
+def expand(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """The arguments of each run, as `meta.train` would parse them for that run."""
+    values = {"seeds": args.seeds or [args.seed], "orders": args.orders or [args.order],
+              "datasets": args.datasets or [args.dataset]}
+    for name, given in values.items():
+        twice = sorted({v for v in given if given.count(v) > 1})
+        if twice:
+            raise UsageError(f"--{name} lists {', '.join(map(str, twice))} more than once")
+    if args.orders and args.family != "taylor":
+        raise UsageError(f"--orders applies to the Taylor family, not --family {args.family}")
+    base = {k: v for k, v in vars(args).items() if k not in MANY}
+    runs = []
+    for dataset in values["datasets"]:
+        for order in values["orders"]:
+            for seed in values["seeds"]:
+                run = argparse.Namespace(**{**base, "dataset": dataset, "order": order,
+                                            "seed": seed})
+                run.output_dir = str(Path(args.output_dir) / run_name(run))
+                runs.append(run)
+    return runs
+
+
+@dataclass
+class Job:
+    """One run of the job: its arguments, what `prepare` found, its recorded settings and
+    its trainer."""
+
+    args: argparse.Namespace
+    run: Prepared[dict[str, Any]]
+    config: dict[str, Any]
+    trainer: MetaTrainer
+
+    @property
+    def name(self) -> str:
+        return run_name(self.args)
+
+    @property
+    def title(self) -> str:
+        spec = ", ".join(f"{k} {v}" for k, v in self.run.family.spec().items())
+        return f"{self.args.dataset}: {spec}"
+
+
+def _domain_set(args: argparse.Namespace, run: Prepared[Any],
+                cache: dict[tuple[str, int], DomainSet]) -> DomainSet:
+    """The run's domains on its device, shared by the runs of one dataset and seed (their
+    data are the same: only the order differs)."""
+    key = (args.dataset, args.seed)
+    if key not in cache:
+        cache[key] = make_domain_set(run.domains, run.num_classes, args.eval_examples,
+                                     args.seed, args.device)
+    return cache[key]
+
+
+def _job(args: argparse.Namespace, cache: dict[tuple[str, int], DomainSet],
+         backend: RayBackend | None) -> Job:
+    """One run prepared and, if it has a checkpoint, resumed in memory; nothing written."""
+    try:
+        run = prepare(args, train._read_checkpoint)
+        config = run_config(args, run.family, run.w0, train.OPERATIONAL, train.LATER_SETTINGS)
+        if run.saved is not None:
+            check_config(run.saved["config"], config)
+    except (ValueError, DataUnavailableError) as err:
+        raise UsageError(f"{run_name(args)}: {err}") from None
+    data = _domain_set(args, run, cache)
+    run = dataclasses.replace(run, domains=[])  # the DomainSet holds the data now
+    trainer = MetaTrainer(data, run.family, meta_config(args), run.w0, args.outer_optimizer,
+                          args.outer_lr, args.surgery, args.outer_step_scale,
+                          runner=RaySplitRunner(backend) if backend is not None else None)
+    if run.saved is not None:
+        try:
+            trainer.load_state_dict(run.saved)
+        except (ValueError, TypeError, KeyError, RuntimeError) as err:
+            reason = " ".join(str(err).split())[:200]
+            raise UsageError(f"{run.out / train.CHECKPOINT} does not fit this run ({reason}); "
+                             "delete it to start over, or choose a new --output_dir") from None
+    return Job(args, run, config, trainer)
+
+
+def checked_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """The runs, each refused (as a UsageError) for what `meta.train` would refuse it before
+    loading anything."""
+    runs = expand(args)
+    for run in runs:
+        try:
+            train.validate(run)
+            make_family(run.family, run.order)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+    return runs
+
+
+def prepare_jobs(runs: Sequence[argparse.Namespace], backend: RayBackend | None) -> list[Job]:
+    """Every run loaded and resumed in memory before anything is written; a run that cannot
+    start is a UsageError naming it."""
+    cache: dict[tuple[str, int], DomainSet] = {}
+    return [_job(run, cache, backend) for run in runs]
+
+
+def _held_out_by_group(jobs: Sequence[Job]) -> dict[str, str]:
+    """The mean held-out accuracy of each (dataset, order) group's last records."""
+    groups: dict[str, list[float]] = {}
+    for job in jobs:
+        label = job.name.rsplit("_seed", 1)[0]
+        last = job.trainer.records[-1]["held_out_acc"] if job.trainer.records else None
+        groups.setdefault(label, [])
+        if last is not None:
+            groups[label].append(last)
+    return {label: f"{sum(accs) / len(accs):.4f}" for label, accs in groups.items() if accs}
+
+
+def train_all(jobs: Sequence[Job], outer_steps: int, max_skips: int) -> int:
+    """Advance every run to `outer_steps`, one outer step of all at a time, writing each run's
+    outputs after each of its steps."""
+    for job in jobs:
+        make_output_dir(job.run.out)
+        atomic.remove_leftovers(job.run.out)
+        rewrite_log(job.run.out / train.LOG, job.trainer.records)
+    groups = RunGroups([job.trainer for job in jobs])
+    active = [i for i, job in enumerate(jobs) if job.trainer.step < outer_steps]
+    status = 0
+    bar = tqdm(total=outer_steps, initial=min(job.trainer.step for job in jobs),
+               desc="outer steps", dynamic_ncols=True)
+    with bar:
+        while active:
+            for i, record in groups.step(active).items():
+                job = jobs[i]
+                train.write_outputs(job.run.out, job.trainer, job.config, record, job.title)
+                if job.trainer.consecutive_skips >= max_skips:
+                    print_error(PROG, f"{job.name}: {job.trainer.consecutive_skips} outer steps "
+                                f"in a row were skipped (last: {record['reason']}); it stops "
+                                "here, the other runs go on; lower --outer_lr or "
+                                "--neumann_alpha, or pick another --init")
+                    status = 3
+            active = [i for i in active if jobs[i].trainer.step < outer_steps
+                      and jobs[i].trainer.consecutive_skips < max_skips]
+            bar.set_postfix(_held_out_by_group(jobs), refresh=False)
+            bar.update(min((jobs[i].trainer.step for i in active), default=outer_steps)
+                       - bar.n)
+    return status
+
+
+@command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = train.parse_args(argv, build_parser())
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    runs = checked_runs(args)
+    backend = None
+    try:
+        try:
+            backend = RayBackend(args.ray_address) if args.backend == "ray" else None
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        return train_all(prepare_jobs(runs, backend), args.outer_steps, args.max_skips)
+    finally:
+        if backend is not None:
+            backend.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
