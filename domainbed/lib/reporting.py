@@ -18,7 +18,7 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -45,8 +45,23 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """An integer that JSON wrote as one (a bool is not)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+# A field's test and what the test asks for, by field name.
+FieldRules = Mapping[str, tuple[Callable[[Any], bool], str]]
+
+
+def field_problem(fields: Mapping[str, Any], rules: FieldRules, prefix: str = "") -> str | None:
+    """Why `fields` fails `rules` (the first field missing or failing its test), or None."""
+    for key, (valid, what) in rules.items():
+        if key not in fields:
+            return f"has no {prefix}{key}"
+        if not valid(fields[key]):
+            return f"has {prefix}{key} that is not {what}: {fields[key]!r}"
+    return None
 
 
 def _is_number(value: Any) -> bool:
@@ -54,17 +69,17 @@ def _is_number(value: Any) -> bool:
 
 
 def _is_env_list(value: Any) -> bool:
-    return (isinstance(value, list) and bool(value) and all(_is_int(env) for env in value)
+    return (isinstance(value, list) and bool(value) and all(is_int(env) for env in value)
             and len(set(value)) == len(value))
 
 
 # The args that group records, each with its test and what the test asks for.
-_ARG_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+_ARG_RULES: FieldRules = {
     "dataset": (lambda value: isinstance(value, str), "a string"),
     "algorithm": (lambda value: isinstance(value, str), "a string"),
     "test_envs": (_is_env_list, "a list of distinct integers"),
-    "trial_seed": (_is_int, "an integer"),
-    "hparams_seed": (_is_int, "an integer"),
+    "trial_seed": (is_int, "an integer"),
+    "hparams_seed": (is_int, "an integer"),
 }
 
 
@@ -84,11 +99,9 @@ def _problem(record: Any) -> str | None:
     args = record.get("args")
     if not isinstance(args, dict):
         return "has no 'args' object"
-    for key, (valid, what) in _ARG_RULES.items():
-        if key not in args:
-            return f"has no args.{key}"
-        if not valid(args[key]):
-            return f"has an args.{key} that is not {what}: {args[key]!r}"
+    problem = field_problem(args, _ARG_RULES, "args.")
+    if problem is not None:
+        return problem
     if not _is_number(record.get("step")):
         return "has no numeric 'step'"
     if not isinstance(record.get("hparams"), dict):
@@ -106,8 +119,9 @@ def _problem(record: Any) -> str | None:
     return None
 
 
-def read_results_file(path: str) -> list[dict[str, Any]]:
-    """The usable records of one results.jsonl, in file order."""
+def read_jsonl_records(path: str, problem: Callable[[Any], str | None]) -> list[Any]:
+    """The usable records of one JSON-lines file, in file order: a line that does not parse,
+    or whose record `problem` explains, is skipped with a warning naming the file and line."""
     records = []
     with open(path, encoding="utf-8", errors="replace") as handle:
         lines = handle.read().split("\n")
@@ -121,12 +135,17 @@ def read_results_file(path: str) -> list[dict[str, Any]]:
             what = "truncated last line" if number - 1 == last else "malformed line"
             _warn(f"{path}:{number}: skipped a {what}")
             continue
-        problem = _problem(record)
-        if problem is not None:
-            _warn(f"{path}:{number}: skipped a record that {problem}")
+        reason = problem(record)
+        if reason is not None:
+            _warn(f"{path}:{number}: skipped a record that {reason}")
             continue
         records.append(record)
     return records
+
+
+def read_results_file(path: str) -> list[dict[str, Any]]:
+    """The usable records of one results.jsonl, in file order."""
+    return read_jsonl_records(path, _problem)
 
 
 def load_records(path: str) -> Q:

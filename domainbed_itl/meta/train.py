@@ -42,7 +42,7 @@ from domainbed.lib.cli import UsageError, command, print_error
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta.guard import require_finite
 from domainbed_itl.meta.linear_solve import SOLVERS, parse_alpha
-from domainbed_itl.meta.outer import MetaConfig, make_domain_set
+from domainbed_itl.meta.outer import DomainSet, MetaConfig, make_domain_set
 from domainbed_itl.meta.plot import plot_learning_curve
 from domainbed_itl.meta.ray_backend import RayBackend, RaySplitRunner
 from domainbed_itl.meta.run_settings import (
@@ -193,27 +193,32 @@ def _read_checkpoint(out: Path, family: Any) -> dict[str, Any] | None:
     return load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS)
 
 
-def train(args: argparse.Namespace, run: Prepared, config: dict[str, Any],
-          backend: RayBackend | None) -> int:
-    """Run (or resume) the outer loop to --outer_steps, writing the outputs after each step."""
-    out = run.out
-    atomic.remove_leftovers(out)
-    cfg = meta_config(args)
-    data = make_domain_set(run.domains, run.num_classes, cfg.eval_examples, args.seed,
-                           args.device)
-    trainer = MetaTrainer(data, run.family, cfg, run.w0, args.outer_optimizer, args.outer_lr,
-                          args.surgery, args.outer_step_scale,
+def make_trainer(args: argparse.Namespace, run: Prepared, data: DomainSet,
+                 backend: RayBackend | None) -> MetaTrainer:
+    """The run's outer loop on `data`, in the state its checkpoint saved (if any); UsageError
+    when the checkpoint does not fit the run."""
+    trainer = MetaTrainer(data, run.family, meta_config(args), run.w0, args.outer_optimizer,
+                          args.outer_lr, args.surgery, args.outer_step_scale,
                           runner=RaySplitRunner(backend) if backend is not None else None)
     if run.saved is not None:
         try:
             trainer.load_state_dict(run.saved)
         except (ValueError, TypeError, KeyError, RuntimeError) as err:
             reason = " ".join(str(err).split())[:200]
-            raise UsageError(f"{out / CHECKPOINT} does not fit this run ({reason}); delete it "
-                             "to start over, or choose a new --output_dir") from None
-        rewrite_log(out / LOG, trainer.records)
-    else:
-        rewrite_log(out / LOG, [])
+            raise UsageError(f"{run.out / CHECKPOINT} does not fit this run ({reason}); delete "
+                             "it to start over, or choose a new --output_dir") from None
+    return trainer
+
+
+def train(args: argparse.Namespace, run: Prepared, config: dict[str, Any],
+          backend: RayBackend | None) -> int:
+    """Run (or resume) the outer loop to --outer_steps, writing the outputs after each step."""
+    out = run.out
+    atomic.remove_leftovers(out)
+    data = make_domain_set(run.domains, run.num_classes, args.eval_examples, args.seed,
+                           args.device)
+    trainer = make_trainer(args, run, data, backend)
+    rewrite_log(out / LOG, trainer.records)
     title = f"{args.dataset}: " + ", ".join(f"{k} {v}" for k, v in run.family.spec().items())
     bar = tqdm(range(trainer.step, args.outer_steps), initial=trainer.step,
                total=args.outer_steps, desc="outer steps", dynamic_ncols=True)

@@ -41,8 +41,8 @@ from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta import train
 from domainbed_itl.meta.families import make_family
 from domainbed_itl.meta.outer import DomainSet, make_domain_set
-from domainbed_itl.meta.ray_backend import RayBackend, RaySplitRunner
-from domainbed_itl.meta.run_settings import Prepared, meta_config, prepare, run_config
+from domainbed_itl.meta.ray_backend import RayBackend
+from domainbed_itl.meta.run_settings import Prepared, prepare, run_config
 from domainbed_itl.meta.state import check_config, rewrite_log
 from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
 
@@ -135,17 +135,7 @@ def _job(args: argparse.Namespace, cache: dict[tuple[str, int], DomainSet],
         raise UsageError(f"{run_name(args)}: {err}") from None
     data = _domain_set(args, run, cache)
     run = dataclasses.replace(run, domains=[])  # the DomainSet holds the data now
-    trainer = MetaTrainer(data, run.family, meta_config(args), run.w0, args.outer_optimizer,
-                          args.outer_lr, args.surgery, args.outer_step_scale,
-                          runner=RaySplitRunner(backend) if backend is not None else None)
-    if run.saved is not None:
-        try:
-            trainer.load_state_dict(run.saved)
-        except (ValueError, TypeError, KeyError, RuntimeError) as err:
-            reason = " ".join(str(err).split())[:200]
-            raise UsageError(f"{run.out / train.CHECKPOINT} does not fit this run ({reason}); "
-                             "delete it to start over, or choose a new --output_dir") from None
-    return Job(args, run, config, trainer)
+    return Job(args, run, config, train.make_trainer(args, run, data, backend))
 
 
 def checked_runs(args: argparse.Namespace) -> list[argparse.Namespace]:

@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from domainbed.lib.reporting import field_problem, is_int, read_jsonl_records
 from domainbed_itl.tables.kinds import TableError
 
 RECORDS_FILE = "records.jsonl"
@@ -86,10 +86,6 @@ class Run:
                 and self.test_env not in meta.exclude_envs)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_accuracy(value: Any) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value) and 0 <= value <= 1)
@@ -99,20 +95,20 @@ _FIELDS = {
     "protocol": (lambda v: isinstance(v, str), "a string"),
     "dataset": (lambda v: isinstance(v, str), "a string"),
     "loss": (lambda v: isinstance(v, str), "a string"),
-    "test_env": (lambda v: _is_int(v) and v >= 0, "an environment number"),
-    "trial_seed": (_is_int, "an integer"),
-    "steps": (lambda v: _is_int(v) and v > 0, "a positive integer"),
+    "test_env": (lambda v: is_int(v) and v >= 0, "an environment number"),
+    "trial_seed": (is_int, "an integer"),
+    "steps": (lambda v: is_int(v) and v > 0, "a positive integer"),
     "test_acc": (_is_accuracy, "an accuracy in [0, 1]"),
     "settings": (lambda v: v is None or isinstance(v, dict), "an object"),
 }
 _META_FIELDS = {
     "dataset": (lambda v: isinstance(v, str), "a string"),
     "family": (lambda v: isinstance(v, str), "a string"),
-    "order": (lambda v: v is None or _is_int(v), "an integer or null"),
-    "outer_steps": (_is_int, "an integer"),
-    "seed": (_is_int, "an integer"),
+    "order": (lambda v: v is None or is_int(v), "an integer or null"),
+    "outer_steps": (is_int, "an integer"),
+    "seed": (is_int, "an integer"),
     # None: a meta-training run on every environment (meta.train records no empty list)
-    "exclude_envs": (lambda v: v is None or (isinstance(v, list) and all(map(_is_int, v))),
+    "exclude_envs": (lambda v: v is None or (isinstance(v, list) and all(map(is_int, v))),
                      "a list of integers or null"),
     "run_dir": (lambda v: isinstance(v, str), "a string"),
 }
@@ -122,20 +118,15 @@ def _problem(record: Any) -> str | None:
     """Why `record` cannot be used, or None if it can."""
     if not isinstance(record, dict):
         return "is not a JSON object"
-    for key, (valid, what) in _FIELDS.items():
-        if key not in record:
-            return f"has no {key!r}"
-        if not valid(record[key]):
-            return f"has a {key!r} that is not {what}: {record[key]!r}"
+    problem = field_problem(record, _FIELDS)
+    if problem is not None:
+        return problem
     meta = record.get("meta")
     if meta is None:
         return None
     if not isinstance(meta, dict):
         return "has a 'meta' that is neither null nor an object"
-    for key, (valid, what) in _META_FIELDS.items():
-        if not valid(meta.get(key)):
-            return f"has a meta.{key} that is not {what}: {meta.get(key)!r}"
-    return None
+    return field_problem(meta, _META_FIELDS, "meta.")
 
 
 def _run(record: dict[str, Any]) -> Run:
@@ -157,24 +148,7 @@ def _run(record: dict[str, Any]) -> Run:
 
 def read_records_file(path: str) -> list[Run]:
     """The usable runs of one records.jsonl, in file order."""
-    runs = []
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().split("\n")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            what = "truncated last line" if number == len(lines) else "malformed line"
-            print(f"warning: {path}:{number}: skipped a {what}", file=sys.stderr)
-            continue
-        problem = _problem(record)
-        if problem is not None:
-            print(f"warning: {path}:{number}: skipped a record that {problem}", file=sys.stderr)
-            continue
-        runs.append(_run(record))
-    return runs
+    return [_run(record) for record in read_jsonl_records(path, _problem)]
 
 
 def records_files(root: str) -> list[str]:
