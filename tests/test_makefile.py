@@ -110,9 +110,10 @@ def test_data_and_meta_train_commands():
     assert "-m domainbed.scripts.download --data_dir d --datasets PACS VLCS" in dry.stdout
     text = " ".join(dry.stdout.replace("\\\n", " ").split())
     assert ("-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir d --output_dir o/meta "
-            "--outer_steps 200") in text
+            "--preset paper --outer_steps 200") in text
     assert "plan meta_train --output_dir o/meta --outer_steps 200" in text
     mnist_only = make("-n", "data", DATA_DIR="d")
+    assert mnist_only.returncode == 0, mnist_only.stderr
     assert mnist_only.stdout.split("download --data_dir d")[1].strip() == ""
 
 
