@@ -13,7 +13,9 @@ Nothing in either engine is changed.
 The public DomainBed is not installable: pass a clone of it. It imports `timm`, which this
 project does not need; `pip install --target DIR --no-deps timm` and pass DIR as
 `--upstream_pythonpath`. DOMAINBED_ITL_AUTOREGISTER=0 keeps our import hook out of the public
-run. `--bf16` adds a column for ours with `--precision bf16`. `--upstream_steps` can shorten the
+run. `--bf16` adds a column for ours with `--precision bf16`, `--plain` one for ours with
+`--fast_path off`, and `--ours_flags` passes more train flags to ours (e.g. `--compile
+reduce-overhead`). `--upstream_steps` can shorten the
 upstream run; the table then also projects every run to the same length.
 """
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -191,6 +194,10 @@ def main() -> None:
                         help="extra import path for the upstream run (where timm lives)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time ours with --precision bf16 (a third column)")
+    parser.add_argument("--plain", action="store_true",
+                        help="also time ours with --fast_path off (a column before ours)")
+    parser.add_argument("--ours_flags", default="",
+                        help="more train flags for ours, e.g. '--compile reduce-overhead'")
     parser.add_argument("--skip_ours", action="store_true",
                         help="time only the upstream run (then no table is printed)")
     parser.add_argument("--work_dir", help="where the runs write (default: a temporary folder)")
@@ -201,13 +208,18 @@ def main() -> None:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_rotatedmnist_"))
     work_dir.mkdir(parents=True, exist_ok=True)
     columns = {}
+    ours_flags = tuple(shlex.split(args.ours_flags))
     if not args.skip_ours:
+        if args.plain:
+            columns["ours plain"] = run_engine(
+                "ours-plain", [str(REPO_ROOT)], args.data_dir, args.steps, args.checkpoint_freq,
+                work_dir, ("--fast_path", "off"))
         columns["ours"] = run_engine("ours", [str(REPO_ROOT)], args.data_dir, args.steps,
-                                     args.checkpoint_freq, work_dir)
+                                     args.checkpoint_freq, work_dir, ours_flags)
         if args.bf16:
             columns["ours bf16"] = run_engine(
                 "ours-bf16", [str(REPO_ROOT)], args.data_dir, args.steps, args.checkpoint_freq,
-                work_dir, ("--precision", "bf16"))
+                work_dir, (*ours_flags, "--precision", "bf16"))
     if args.upstream:
         columns["upstream"] = run_engine(
             "upstream", [args.upstream, *args.upstream_pythonpath], args.data_dir,

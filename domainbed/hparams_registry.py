@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from domainbed import algorithms
+from domainbed.lib.cli import UsageError
 from domainbed.lib.hparam_space import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-class InvalidHParam(ValueError):
+class InvalidHParam(UsageError, ValueError):
     """An override that the algorithm's space does not allow; the message names the key."""
 
 

@@ -17,8 +17,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from domainbed.lib.cli import UsageError
 
-class PretrainedWeightsUnavailable(RuntimeError):
+
+class PretrainedWeightsUnavailable(UsageError, RuntimeError):
     """ImageNet weights were asked for and no local copy exists."""
 
 

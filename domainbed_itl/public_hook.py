@@ -8,8 +8,8 @@ project's engine (whose `domainbed.ENGINE` is "domainbed-itl") finishes executin
 adds our algorithms to it (domainbed_itl.algorithms.public). Every interpreter of the
 environment does this, so the subprocesses a sweep launches do too.
 
-Cost at start-up: this module (no imports beyond os and sys, not even importlib.abc, which
-alone takes ~30 ms) and one dictionary lookup per later import.
+Cost at start-up: this module (no imports beyond os, sys, after_import and plugin, not even
+importlib.abc, which alone takes ~30 ms) and one dictionary lookup per later import.
 Nothing here may break an interpreter: any failure becomes one warning, and the clone runs as
 if we were absent. Set DOMAINBED_ITL_AUTOREGISTER=0 to switch it off.
 """
@@ -19,8 +19,10 @@ from __future__ import annotations
 import os
 import sys
 
+from domainbed_itl.after_import import spec_then
+from domainbed_itl.plugin import OUR_ENGINE
+
 ENV_SWITCH = "DOMAINBED_ITL_AUTOREGISTER"
-OUR_ENGINE = "domainbed-itl"
 _INJECTORS = {
     "domainbed.algorithms": "register_algorithms",
     "domainbed.hparams_registry": "register_hparams",
@@ -50,23 +52,6 @@ def _inject(module) -> None:
                    f"{type(error).__name__}: {error}")
 
 
-class _InjectingLoader:
-    """The module's own loader, with our registration run after the module executes."""
-
-    def __init__(self, inner):
-        self._inner = inner
-
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._inner.exec_module(module)
-        _inject(module)
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-
 class AutoRegisterFinder:
     """Finds nothing itself; wraps the loader the other finders return for the two targets."""
 
@@ -77,17 +62,7 @@ class AutoRegisterFinder:
             parent = sys.modules.get("domainbed")
             if parent is None or getattr(parent, "ENGINE", None) == OUR_ENGINE:
                 return None
-            for finder in sys.meta_path:
-                if finder is self or not hasattr(finder, "find_spec"):
-                    continue
-                spec = finder.find_spec(fullname, path, target)
-                if spec is not None:
-                    break
-            else:
-                return None
-            if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                spec.loader = _InjectingLoader(spec.loader)
-            return spec
+            return spec_then(self, fullname, path, target, _inject)
         except Exception as error:  # noqa: BLE001
             _warn_once(f"import hook failed for {fullname}: {type(error).__name__}: {error}")
             return None

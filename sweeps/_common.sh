@@ -1,10 +1,13 @@
 # Shared settings and the launch routine of the paper-table launch files. Every setting can be
-# overridden from the environment (the Makefile's table targets pass theirs this way).
+# overridden from the environment (the Makefile passes every one of its variables this way, so a
+# value is data, never shell code). Values are quoted where used; the list variables (DATASETS,
+# ALGORITHMS, META_SEEDS, the *_EXTRA flags ...) are split into words on purpose.
 # DomainBed's protocol: 20 random hyperparameter draws, 3 trials, all test-environment choices.
 set -euo pipefail
+set -f  # no globbing: list variables are split into words, never into file names
 PY=${PY:-python}
 DATA_DIR=${DATA_DIR:-data}
-OUT_ROOT=${OUT_ROOT:-out/sweeps}
+OUT_ROOT=${OUT_ROOT:-out}
 N_HPARAMS=${N_HPARAMS:-20}
 N_TRIALS=${N_TRIALS:-3}
 LAUNCHER=${LAUNCHER:-local}
@@ -67,6 +70,10 @@ check_meta_settings() {
     case "$DEPLOY" in mlp | domainbed) ;; *)
         problem="DEPLOY=$DEPLOY: choose mlp or domainbed" ;;
     esac
+    # A whole number before bash's arithmetic sees it (which would run a `$(...)` in it).
+    case "$N_TRIALS" in "" | *[!0-9]*)
+        problem="N_TRIALS=$N_TRIALS: give a whole number of trial seeds" ;;
+    esac
     if [ -n "$problem" ]; then
         echo "$(basename "$0"): error: $problem" >&2
         exit 2
@@ -95,13 +102,15 @@ meta_train() {
         "$@" ${META_EXTRA:-}
 }
 
-# learned_specs META_DIR DATASET PREFIX: the --learned LABEL=FILE of every META_SEEDS run of
-# DATASET under META_DIR, labelled PREFIX<seed> (named, not searched for: the runs may not
-# exist yet when LAUNCHER=dummy prints the commands).
+# learned_specs ARRAY META_DIR DATASET PREFIX: append to the array named ARRAY the --learned
+# LABEL=FILE of every META_SEEDS run of DATASET under META_DIR, labelled PREFIX<seed> (named,
+# not searched for: the runs may not exist yet when LAUNCHER=dummy prints the commands). An
+# array, so that a META_DIR holding spaces stays one word.
 learned_specs() {
+    local -n specs_into=$1
     local seed
     for seed in $META_SEEDS; do
-        printf '%s ' "$3$seed=$1/$2_order${META_ORDER}_seed$seed/learned_loss.json"
+        specs_into+=("$4$seed=$2/$3_order${META_ORDER}_seed$seed/learned_loss.json")
     done
 }
 

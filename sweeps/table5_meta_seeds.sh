@@ -22,9 +22,8 @@ meta_train "$META_DIR" --datasets RotatedMNIST --exclude_envs 0
 stage "$PY" -m domainbed_itl.meta.figures fig3 --runs "$META_DIR" --out "$OUT_ROOT/fig3.png"
 [ "$COMMAND" = fig3 ] && exit 0
 
-# shellcheck disable=SC2046  # one word per --learned spec
-deploy "$DEPLOY_DIR/RotatedMNIST" RotatedMNIST 0 $(learned_specs "$META_DIR" RotatedMNIST seed)
-# shellcheck disable=SC2046
-deploy "$DEPLOY_DIR/ColoredMNIST" ColoredMNIST "0 1 2" \
-    $(learned_specs "$META_DIR" RotatedMNIST seed)
+specs=()
+learned_specs specs "$META_DIR" RotatedMNIST seed
+deploy "$DEPLOY_DIR/RotatedMNIST" RotatedMNIST 0 "${specs[@]}"
+deploy "$DEPLOY_DIR/ColoredMNIST" ColoredMNIST "0 1 2" "${specs[@]}"
 collect "$DEPLOY_DIR" 5

@@ -17,9 +17,9 @@ meta_train "$GENERIC_DIR" --datasets RotatedMNIST --exclude_envs 0
 for env in 0 1 2; do
     task_dir="$OUT_ROOT/table6/meta/without_env$env"
     meta_train "$task_dir" --datasets ColoredMNIST --exclude_envs "$env"
-    # shellcheck disable=SC2046  # one word per --learned spec
-    deploy "$OUT_ROOT/table6/deploy/env$env" ColoredMNIST "$env" \
-        $(learned_specs "$GENERIC_DIR" RotatedMNIST generic) \
-        $(learned_specs "$task_dir" ColoredMNIST task)
+    specs=()
+    learned_specs specs "$GENERIC_DIR" RotatedMNIST generic
+    learned_specs specs "$task_dir" ColoredMNIST task
+    deploy "$OUT_ROOT/table6/deploy/env$env" ColoredMNIST "$env" "${specs[@]}"
 done
 collect "$OUT_ROOT/table6/deploy" 6

@@ -5,8 +5,11 @@ at this interpreter."""
 
 from __future__ import annotations
 
+import os
 import re
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,11 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs GNU make")
 
 
-def make(*targets: str, stdin: str = "", **variables: str) -> subprocess.CompletedProcess:
+def make(*targets: str, stdin: str = "", timeout: float = 900,
+         **variables: str) -> subprocess.CompletedProcess:
+    """Run make; past `timeout` seconds, its whole process group (the stages it started,
+    training included) is killed and the test fails."""
     settings = [f"{key}={value}" for key, value in {"PY": sys.executable, **variables}.items()]
-    return subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", *targets,
-                           *settings], cwd=REPO_ROOT, input=stdin, capture_output=True,
-                          text=True, timeout=900)
+    argv = ["make", "--no-print-directory", "-o", ".venv/.installed", *targets, *settings]
+    with subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"make {' '.join(targets)} still running after {timeout} s")
+    return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
 
 def sections(stdout: str) -> dict[str, str]:
@@ -104,24 +117,135 @@ def test_declining_the_plan_launches_nothing(tmp_path):
     assert "About to launch" not in result.stdout and not (tmp_path / "out").exists()
 
 
-def test_data_and_meta_train_commands():
-    dry = make("-n", "data", "meta-train", DATASETS="PACS VLCS", OUT_DIR="o", DATA_DIR="d")
+def test_data_and_meta_train_dry_run_prints_the_plan_and_commands(tmp_path):
+    """LAUNCHER=dummy: the download and the meta-training printed, with the meta-training's
+    plan; nothing downloaded, trained or written."""
+    data, out = tmp_path / "d", tmp_path / "o"
+    dry = make("data", "meta-train", LAUNCHER="dummy", DATASETS="PACS VLCS", OUT_DIR=str(out),
+               DATA_DIR=str(data))
     assert dry.returncode == 0, dry.stderr
-    assert "-m domainbed.scripts.download --data_dir d --datasets PACS VLCS" in dry.stdout
-    text = " ".join(dry.stdout.replace("\\\n", " ").split())
-    assert ("-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir d --output_dir o/meta "
-            "--preset paper --outer_steps 200") in text
-    assert "plan meta_train --output_dir o/meta --outer_steps 200" in text
-    mnist_only = make("-n", "data", DATA_DIR="d")
+    assert (f"-m domainbed.scripts.download --data_dir {data} --datasets PACS VLCS \n"
+            in dry.stdout)
+    assert (f"Plan: meta-training in {out}/meta: 0 of 200 outer steps done, 200 to run; "
+            "estimated ") in dry.stdout
+    assert (f"-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir {data} --output_dir "
+            f"{out}/meta --preset paper --outer_steps 200 \n") in dry.stdout
+    assert "Learned loss:" not in dry.stdout and list(tmp_path.iterdir()) == []
+    mnist_only = make("data", LAUNCHER="dummy", DATA_DIR="d")
     assert mnist_only.returncode == 0, mnist_only.stderr
     assert mnist_only.stdout.split("download --data_dir d")[1].strip() == ""
 
 
+def test_make_variables_reach_the_sweep_as_written_and_the_shell_runs_none(tmp_path):
+    """`$$(...)` (make's escape of `$(...)`), backticks, quotes and a space in OUT_DIR: the
+    sweep gets the directory as written, and nothing in it runs."""
+    out = f"{tmp_path}/o u't\"$$(touch {tmp_path}/p1)`touch {tmp_path}/p2`"
+    written = out.replace("$$", "$")
+    result = make("table2", LAUNCHER="dummy", YES="1", N_HPARAMS="1", N_TRIALS="1",
+                  DATASETS="ColoredMNIST", ALGORITHMS="ERM", OUT_DIR=out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == [] and not (REPO_ROOT / "p1").exists()
+    assert f"Plan: multi-source sweep in {written}/table2: ERM;" in result.stdout
+    lines = [shlex.split(line) for line in result.stdout.splitlines()
+             if line.startswith("Dummy launcher: ")]
+    assert len(lines) == 6
+    assert all(words[words.index("--output_dir") + 1].startswith(f"{written}/table2/")
+               for words in lines)
+    assert "LAUNCHER=dummy: nothing ran so there is no Table 2" in result.stdout
+
+
+@pytest.mark.parametrize("variable", ["DATASETS", "ALGORITHMS"])
+def test_list_variables_are_split_into_words_never_evaluated(tmp_path, variable):
+    """A list variable is split into names, never run or globbed: `*` stays a name."""
+    settings = {"DATASETS": "ColoredMNIST", "ALGORITHMS": "ERM"}
+    settings[variable] = f"* $$(touch {tmp_path}/p1) `touch {tmp_path}/p2` " + settings[variable]
+    result = make("table2", LAUNCHER="dummy", YES="1", N_HPARAMS="1", N_TRIALS="1",
+                  OUT_DIR=str(tmp_path / "o"), **settings)
+    assert result.returncode != 0 and "Dummy launcher" not in result.stdout
+    assert list(tmp_path.iterdir()) == [] and not (REPO_ROOT / "p1").exists()
+    assert "'*'" in result.stderr.splitlines()[0], result.stderr
+
+
+def test_a_table_step_notes_unfinished_jobs_and_fails_on_an_error(tmp_path):
+    """Jobs launched but with no record yet: a note, and make goes on; any collect_results
+    failure (no sweep directory, a bad flag) fails make. `-o sweep-table4` runs the table step
+    alone."""
+    out = tmp_path / "o u"
+    (out / "table4" / "job0").mkdir(parents=True)
+    waiting = make("-o", "sweep-table4", "table4", LAUNCHER="local", OUT_DIR=str(out))
+    assert waiting.returncode == 0, waiting.stderr
+    assert waiting.stdout.splitlines()[-1] == (
+        f"No Table 4 yet: run make again once the jobs in {out}/table4 have finished")
+    assert f"collect_results: error: no records in {out}/table4" in waiting.stderr
+    bad_flag = make("-o", "sweep-table4", "table10", LAUNCHER="local", OUT_DIR=str(out),
+                    COLLECT_FLAGS="--selection nonsense")
+    assert bad_flag.returncode != 0 and "No Table" not in bad_flag.stdout
+    assert "argument --selection: invalid choice: 'nonsense'" in bad_flag.stderr
+    (out / "table4" / "job0").rmdir()
+    (out / "table4").rmdir()
+    missing = make("-o", "sweep-table4", "table4", LAUNCHER="local", OUT_DIR=str(out))
+    assert missing.returncode != 0 and "No Table" not in missing.stdout
+    assert f"collect_results: error: no sweep directory at {out}/table4" in missing.stderr
+
+
+def test_table6_dry_run_keeps_a_directory_with_a_space_one_word(tmp_path):
+    """Every learned-loss file of Table 6 names the directory as written: one argument each."""
+    out = f"{tmp_path}/o u"
+    result = make("table6", LAUNCHER="dummy", META_SEEDS="0", OUT_DIR=out)
+    assert result.returncode == 0, result.stderr
+    deploy = next(shlex.split(line) for line in result.stdout.splitlines()
+                  if "scripts.deploy" in line and "--test_envs 2" in line)
+    assert [deploy[i + 1] for i, word in enumerate(deploy) if word == "--learned"] == [
+        f"generic0={out}/table5/meta/RotatedMNIST_order4_seed0/learned_loss.json",
+        f"task0={out}/table6/meta/without_env2/ColoredMNIST_order4_seed0/learned_loss.json"]
+    assert deploy[deploy.index("--output_dir") + 1] == f"{out}/table6/deploy/env2"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_trial_count_is_checked_before_any_arithmetic(tmp_path):
+    """Bash arithmetic runs a `$(...)` in an array subscript: the count is refused first."""
+    result = make("table5", LAUNCHER="dummy", DEPLOY_TRIALS=f"x[$$(touch {tmp_path}/p1)]",
+                  OUT_DIR=str(tmp_path / "o"))
+    assert result.returncode != 0 and result.stdout.splitlines()[-1:] == [
+        "N_TRIALS=\"$DEPLOY_TRIALS\" bash sweeps/table5_meta_seeds.sh"]
+    assert result.stderr.splitlines()[0] == (
+        f"table5_meta_seeds.sh: error: N_TRIALS=x[$(touch {tmp_path}/p1)]: give a whole "
+        "number of trial seeds")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow  # nine interpreters that each import torch: 45 s on 2 idle cores
+def test_reproduce_dry_run_prints_every_stage_and_runs_nothing(tmp_path):
+    """`make reproduce LAUNCHER=dummy` ends within a minute: every stage's plan and commands
+    printed, data and meta-training included; no download, no run directory."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    result = make("reproduce", timeout=60, LAUNCHER="dummy", YES="1", N_HPARAMS="1",
+                  N_TRIALS="1", ALGORITHMS="ERM", META_SEEDS="0", ORDERS="2",
+                  DATA_DIR=str(data), OUT_DIR=str(out))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list(tmp_path.iterdir()) == []
+    text = result.stdout
+    assert f"-m domainbed.scripts.download --data_dir {data} \n" in text
+    assert f"Plan: meta-training in {out}/meta: 0 of 200 outer steps done" in text
+    assert f"-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir {data}" in text
+    for name in ("table1", "table2", "table3", "table4"):
+        assert f" sweep in {out}/{name}: ERM; 1 hyperparameter draws x 1 trials" in text
+    for table in ("1", "2", "3", "4", "9", "10"):
+        assert f"LAUNCHER=dummy: nothing ran so there is no Table {table}" in text
+    for meta in ("table5/meta", "table6/meta/without_env2", "fig6/meta"):
+        assert f"-m domainbed_itl.meta.train_many --data_dir {data} --output_dir {out}/{meta} " in (
+            text)
+    for table, deploy in (("5", "table5/deploy"), ("6", "table6/deploy")):
+        assert (f"-m domainbed_itl.scripts.collect_results --input_dir {out}/{deploy} "
+                f"--table {table} --compare_paper") in text
+
+
 @pytest.mark.slow  # a real sweep of 3 jobs, twice, with the tables
 def test_table4_target_runs_collects_and_resumes(tmp_path):
-    """A real reduced Table 4 / Table 10 through make; the second run has nothing left to do."""
+    """A real reduced Table 4 / Table 10 through make, into a directory whose name holds a
+    space; the second run has nothing left to do."""
     variables = dict(LAUNCHER="local", YES="1", DATASETS="Debug28", ALGORITHMS="ERM",
-                     N_HPARAMS="1", N_TRIALS="1", STEPS="3", OUT_DIR=str(tmp_path / "out"),
+                     N_HPARAMS="1", N_TRIALS="1", STEPS="3", OUT_DIR=str(tmp_path / "out dir"),
                      DATA_DIR=str(tmp_path / "data"))
     first = make("table4", "table10", **variables)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

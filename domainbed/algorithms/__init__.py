@@ -3,8 +3,9 @@
 An algorithm is a class with `update(minibatches, unlabeled=None) -> dict` and `predict(x)`;
 the training script knows nothing else about it. Each family lives in its own module and
 registers itself with `@register_algorithm`; other packages add theirs through the
-`domainbed.plugins` entry point group, loaded at the end of this import.
-Set DOMAINBED_NO_PLUGINS=1 to skip the plugins.
+`domainbed.plugins` entry point group, loaded at the end of this import, or register
+themselves when the program imports them. Set DOMAINBED_NO_PLUGINS=1 to skip the
+entry points.
 """
 
 from __future__ import annotations
@@ -55,10 +56,20 @@ def _import_families() -> None:
 
 
 def _load_plugins() -> None:
+    """Load each plugin's entry point: a module, whose import registers what it defines (one
+    file can add an algorithm and a dataset), or a function, called once loaded. A plugin
+    that cannot be imported (an extension removed or blocked) is skipped with a warning, so
+    the engine runs without it."""
     if os.environ.get("DOMAINBED_NO_PLUGINS") == "1":
         return
     for entry in entry_points(group="domainbed.plugins"):
-        entry.load()()
+        try:
+            plugin = entry.load()
+            if callable(plugin):
+                plugin()
+        except ImportError as error:
+            print(f"domainbed: warning: plugin {entry.name!r} ({entry.value}) not loaded: "
+                  f"{error}", file=sys.stderr)
 
 
 _import_families()

@@ -1,4 +1,8 @@
-"""The contract every algorithm meets; the training loop relies on nothing more."""
+"""The contract every algorithm meets; the training loop relies on nothing more.
+
+Also the two things every update() shares: the type of its `minibatches` argument and their
+pooling into one batch.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+Minibatches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def concat_minibatches(minibatches: Minibatches) -> tuple[torch.Tensor, torch.Tensor]:
+    """All domains' inputs and labels as two tensors, domain by domain."""
+    return torch.cat([x for x, _ in minibatches]), torch.cat([y for _, y in minibatches])
 
 
 class Algorithm(torch.nn.Module):
@@ -23,7 +34,7 @@ class Algorithm(torch.nn.Module):
         self.num_domains = num_domains
         self.hparams = hparams
 
-    def update(self, minibatches: list[tuple[torch.Tensor, torch.Tensor]],
+    def update(self, minibatches: Minibatches,
                unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
         """One optimisation step; returns scalars to log (at least 'loss')."""
         raise NotImplementedError
@@ -33,5 +44,6 @@ class Algorithm(torch.nn.Module):
         raise NotImplementedError
 
     def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The supervised loss; a subclass swaps it (ERM_ITL, RSC_ITL) without copying update()."""
+        """The supervised loss every update() goes through, so a loss variant (ERM_ITL, RSC_ITL)
+        overrides this one method and keeps its base's update()."""
         return F.cross_entropy(logits, y)

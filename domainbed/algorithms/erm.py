@@ -10,10 +10,9 @@ from torch import nn
 
 from domainbed import networks
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Algorithm
-from domainbed_itl.algorithms.core import Minibatches, concat_minibatches, erm_update
+from domainbed.algorithms.base import Algorithm, Minibatches, concat_minibatches
 
-__all__ = ["ERM", "Minibatches", "adam", "concat_minibatches"]
+__all__ = ["ERM", "adam"]
 
 
 def adam(params: Iterable[nn.Parameter], hparams: dict[str, Any]) -> torch.optim.Adam:
@@ -35,9 +34,18 @@ class ERM(Algorithm):
         self.network = nn.Sequential(self.featurizer, self.classifier)
         self.optimizer = adam(self.network.parameters(), hparams)
 
-    # The pooled supervised loss, in the one implementation the ITL variants share with a
-    # clone of the public DomainBed (domainbed_itl.algorithms.core).
-    update = erm_update
+    def update(self, minibatches: Minibatches,
+               unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        """The supervised loss (`classification_loss`) over all domains pooled together."""
+        x, y = concat_minibatches(minibatches)
+        return self.optimizer_step(self.classification_loss(self.predict(x), y))
+
+    def optimizer_step(self, loss: torch.Tensor) -> dict[str, float]:
+        """One step of the optimiser on `loss`; the loss is what gets logged."""
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return {"loss": loss.item()}
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.erm import ERM, Minibatches
+from domainbed.algorithms.base import Minibatches
+from domainbed.algorithms.erm import ERM
 from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 
 
@@ -36,7 +37,4 @@ class GroupDRO(ERM):
         self.q.div_(self.q.sum())
         loss = torch.dot(losses, self.q)
 
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
-        return {"loss": loss.item()}
+        return self.optimizer_step(loss)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.erm import ERM, Minibatches
+from domainbed.algorithms.base import Minibatches
+from domainbed.algorithms.erm import ERM
 from domainbed.lib.hparam_space import POSITIVE, HParamSpace, register_hparams
 
 
@@ -42,7 +43,4 @@ class Mixup(ERM):
                 + (1 - lam) * self.classification_loss(logits, yj)
         objective = objective / len(minibatches)
 
-        self.optimizer.zero_grad()
-        objective.backward()
-        self.optimizer.step()
-        return {"loss": objective.item()}
+        return self.optimizer_step(objective)

@@ -6,12 +6,15 @@ score, so the classifier cannot lean on a few dominant features.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 
 from domainbed.algorithms import register_algorithm
+from domainbed.algorithms.base import Minibatches, concat_minibatches
 from domainbed.algorithms.erm import ERM
 from domainbed.lib.hparam_space import PROBABILITY, HParamSpace, register_hparams
-from domainbed_itl.algorithms.core import rsc_update
 
 
 @register_hparams("RSC")
@@ -33,6 +36,34 @@ class RSC(ERM):
         """Scalar whose gradient w.r.t. the features scores them (Eq. 1 of the paper)."""
         return logits.gather(1, y[:, None]).sum()
 
-    # Muting and update in the one implementation the ITL variants share with a clone of the
-    # public DomainBed (domainbed_itl.algorithms.core).
-    update = rsc_update
+    def update(self, minibatches: Minibatches,
+               unlabeled: list[torch.Tensor] | None = None) -> dict[str, float]:
+        """The supervised loss on features muted by `rsc_mask`, scored by the gradient of
+        `saliency_objective` with respect to the features (Eq. 1 of the paper)."""
+        x, y = concat_minibatches(minibatches)
+        features = self.featurizer(x)
+        logits = self.classifier(features)
+        scores = torch.autograd.grad(self.saliency_objective(logits, y), features)[0]
+        mask = rsc_mask(self.classifier, features, logits, y, scores,
+                        self.hparams["rsc_f_drop_factor"], self.hparams["rsc_b_drop_factor"])
+        return self.optimizer_step(
+            self.classification_loss(self.classifier(features * mask), y))
+
+
+def rsc_mask(classifier: Callable[[torch.Tensor], torch.Tensor], features: torch.Tensor,
+             logits: torch.Tensor, y: torch.Tensor, scores: torch.Tensor,
+             f_drop: float, b_drop: float) -> torch.Tensor:
+    """RSC's feature muting, as the public DomainBed does it: 0 for the features at or above
+    the (1 - f_drop) quantile of each example's `scores`, but only in the examples whose
+    true-class probability falls by at least the (1 - b_drop) quantile of the batch when those
+    features are muted; 1 elsewhere."""
+    with torch.no_grad():
+        # Eq. 2-3: per example, keep the features below the top-score percentile.
+        keep_feature = scores < torch.quantile(scores, 1 - f_drop, dim=1, keepdim=True)
+        # Sec. 3.3: challenge only the examples whose true-class probability falls most when
+        # their salient features are muted; the rest keep all features.
+        true_prob = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+        muted_prob = F.softmax(classifier(features * keep_feature), dim=1)
+        drop = true_prob - muted_prob.gather(1, y[:, None]).squeeze(1)
+        keep_example = drop < torch.quantile(drop, 1 - b_drop)
+        return (keep_feature | keep_example[:, None]).to(features.dtype)

@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.lib.hparam_space import SMALL_IMAGES
 from domainbed.lib.registry import Registry
 
 DATASETS: list[str] = []
@@ -18,9 +19,12 @@ _CLASSES: Registry[type[MultipleDomainDataset]] = Registry("dataset")
 
 def register_dataset(cls: type[MultipleDomainDataset]) -> type[MultipleDomainDataset]:
     """Class decorator: make `cls` reachable by its class name (refused if another class
-    holds that name)."""
+    holds that name), with small-image hyperparameters when its SMALL_IMAGES says so, so a
+    dataset is added by its own module alone."""
     name = cls.__name__
     _CLASSES[name] = cls
+    if cls.SMALL_IMAGES:
+        SMALL_IMAGES.add(name)
     if name not in DATASETS:
         DATASETS.append(name)
     setattr(sys.modules[__name__], name, cls)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from domainbed.lib.cli import UsageError
+
 
 class MultipleDomainDataset:
     """A list of per-domain datasets plus the constants the benchmark protocol reads."""
@@ -13,6 +15,8 @@ class MultipleDomainDataset:
     N_WORKERS = 8
     ENVIRONMENTS: list[str] = []
     INPUT_SHAPE: tuple[int, ...] | None = None
+    # True: the hyperparameter defaults and search ranges of DomainBed's MNIST datasets.
+    SMALL_IMAGES = False
 
     datasets: list[torch.utils.data.Dataset]
     input_shape: tuple[int, ...]
@@ -25,5 +29,5 @@ class MultipleDomainDataset:
         return len(self.datasets)
 
 
-class DataUnavailableError(RuntimeError):
+class DataUnavailableError(UsageError, RuntimeError):
     """Raised when a dataset's files are missing or corrupt; the message says what to do."""

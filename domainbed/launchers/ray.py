@@ -24,9 +24,7 @@ jobs' processes are stopped before the launcher returns.
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -35,18 +33,18 @@ from typing import Any
 
 import tqdm
 
-from domainbed import command_launchers
-from domainbed.launchers.common import (
-    Outcome,
-    SettingError,
-    env_number,
-    report,
+from domainbed.launchers.base import Outcome, SettingError, register_launcher, report, visible_gpus
+from domainbed.launchers.processes import (
     run_shell,
+    stop_on_termination,
     tail_lines,
+    tail_of_handle,
 )
+from domainbed.launchers.ray_connection import connect, import_ray, start_local
+from domainbed.launchers.settings import env_number
 
 ADDRESS_ENV = "DOMAINBED_RAY_ADDRESS"
-_CONNECT_TIMEOUT_S = 5.0
+_NEEDED_BY = "the ray launcher"
 _WAIT_S = 1.0
 _CANCEL_WAIT_S = 30.0
 
@@ -77,74 +75,16 @@ def run_job(command: str, cwd: str) -> tuple[int, list[str]]:
     """The body of one Ray task: (exit status, tail of stderr) of the job's shell command."""
     with tempfile.TemporaryFile() as stderr:
         returncode = run_shell(command, cwd, subprocess.DEVNULL, stderr)
-        stderr.seek(0)
-        return returncode, tail_lines(stderr.read().decode("utf-8", errors="replace"))
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise SettingError(
-            "the ray launcher needs Ray: pip install 'domainbed-itl[cluster]'"
-        ) from None
-    return ray
-
-
-def _probe(address: str) -> None:
-    """Fail fast on an address nothing listens at: Ray itself would retry it for minutes."""
-    if address == "auto":
-        return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
-        raise SettingError(f"{ADDRESS_ENV} must look like host:port or ray://host:port, "
-                           f"got {address!r}")
-    try:
-        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise SettingError(
-            f"cannot reach a Ray cluster at {address} ({err.strerror or err}): start it with "
-            f"`ray start --head`, or unset {ADDRESS_ENV} to run on a Ray instance started here"
-        ) from None
-
-
-def _local_gpus() -> int:
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return len([gpu for gpu in listed.split(",") if gpu.strip()])
-    import torch
-
-    return torch.cuda.device_count()
+        return returncode, tail_of_handle(stderr)
 
 
 def _connect(settings: RaySettings) -> bool:
     """Connect to the cluster, or start a Ray instance here; True if this call started it."""
-    ray = _import_ray()
-    if ray.is_initialized():
-        return False
-    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     if settings.address is not None:
-        _probe(settings.address)
-        try:
-            ray.init(address=settings.address, **quiet)
-        except ConnectionError as err:
-            hint = ""
-            if not os.environ.get("RAY_AUTH_MODE"):
-                hint = (" (a cluster with token authentication also needs RAY_AUTH_MODE=token "
-                        "and its token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
-            raise SettingError(f"cannot connect to the Ray cluster at {settings.address}: "
-                               f"{' '.join(str(err).split())}{hint}") from None
+        connect(settings.address, ADDRESS_ENV, _NEEDED_BY)
         return False
-    # "local": a new instance even where `ray start` left a cluster that ray.init() would join.
-    ray.init(
-        address="local",
-        num_cpus=settings.num_cpus,
-        num_gpus=_local_gpus(),
-        object_store_memory=settings.object_store_mb * 2**20,
-        include_dashboard=False,
-        **quiet,
-    )
-    return True
+    return start_local(_NEEDED_BY, settings.num_cpus, len(visible_gpus()),
+                       settings.object_store_mb * 2**20)
 
 
 def _job_resources(settings: RaySettings, nodes: list[dict[str, float]]) -> dict[str, float]:
@@ -164,10 +104,10 @@ def _job_resources(settings: RaySettings, nodes: list[dict[str, float]]) -> dict
 
 
 def _node_capacities(settings: RaySettings) -> list[dict[str, float]]:
-    ray = _import_ray()
+    ray = import_ray(_NEEDED_BY)
     if ray.is_initialized():
         return [node["Resources"] for node in ray.nodes() if node["Alive"]]
-    return [{"CPU": float(settings.num_cpus), "GPU": float(_local_gpus())}]
+    return [{"CPU": float(settings.num_cpus), "GPU": float(len(visible_gpus()))}]
 
 
 def check_ray() -> None:
@@ -177,7 +117,7 @@ def check_ray() -> None:
     launcher then uses that connection; a local instance is only started by the launcher.
     """
     settings = RaySettings.from_env()
-    _import_ray()
+    import_ray(_NEEDED_BY)
     if settings.address is not None:
         _connect(settings)
     _job_resources(settings, _node_capacities(settings))
@@ -200,15 +140,13 @@ def _cancel(ray: Any, in_flight: dict[Any, str]) -> None:
     ray.wait(list(in_flight), num_returns=len(in_flight), timeout=_CANCEL_WAIT_S)
 
 
-@command_launchers.register_launcher("ray", check=check_ray)
+@register_launcher("ray", check=check_ray, max_parallel=True)
 def ray_launcher(commands: Sequence[str], max_parallel: int | None = None) -> list[str]:
     """Run the commands as Ray tasks, at most `max_parallel` at once if given (else as many as
     the cluster's resources allow); the commands that failed."""
-    if max_parallel is not None and max_parallel < 1:
-        raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
     settings = RaySettings.from_env()
     started_here = _connect(settings)
-    ray = _import_ray()
+    ray = import_ray(_NEEDED_BY)
     try:
         resources = _job_resources(settings, _node_capacities(settings))
         task = ray.remote(run_job).options(
@@ -229,7 +167,7 @@ def _run(ray: Any, task: Any, commands: Sequence[str], max_parallel: int) -> lis
     outcomes: list[Outcome] = []
     progress = tqdm.tqdm(total=len(commands), desc="jobs", unit="job", ncols=80)
     try:
-        with command_launchers._stop_on_termination():
+        with stop_on_termination():
             while pending or in_flight:
                 while pending and len(in_flight) < max_parallel:
                     command = pending.pop()

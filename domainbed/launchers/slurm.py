@@ -46,18 +46,15 @@ from typing import Any, NamedTuple
 
 import tqdm
 
-from domainbed import command_launchers
-from domainbed.launchers.common import (
+from domainbed.launchers.base import (
     Outcome,
     SettingError,
-    env_flag,
-    env_number,
     output_dir_of,
+    register_launcher,
     report,
-    run_shell,
-    sweep_dir_of,
-    tail_of_file,
 )
+from domainbed.launchers.processes import run_shell, stop_on_termination, tail_of_file
+from domainbed.launchers.settings import env_flag, env_number
 
 LOG_DIR_NAME = ".slurm"
 JOBS_RECORD = "jobs.tsv"
@@ -412,12 +409,18 @@ def _cancel(submitted: Sequence[_Submitted]) -> None:
         print(f"Cancelled {len(job_ids)} Slurm jobs.", file=sys.stderr)
 
 
+def sweep_dir_of(commands: Sequence[str]) -> str | None:
+    """The directory holding every command's `--output_dir`; None if they do not share one."""
+    parents = {os.path.dirname(os.path.abspath(d)) for d in map(output_dir_of, commands) if d}
+    return parents.pop() if len(parents) == 1 else None
+
+
 def log_dir_for(commands: Sequence[str]) -> Path:
     """`<sweep dir>/.slurm`, or `./.slurm` for commands that are not one sweep's."""
     return Path(sweep_dir_of(commands) or os.getcwd()) / LOG_DIR_NAME
 
 
-@command_launchers.register_launcher("slurm", check=check_slurm)
+@register_launcher("slurm", check=check_slurm, max_parallel=True, no_wait=True)
 def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None,
                    no_wait: bool = False) -> list[str] | None:
     """Submit the commands as Slurm job arrays, then wait for them with a progress bar and
@@ -431,8 +434,6 @@ def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None,
     settings = SlurmSettings.from_env()
     if no_wait:
         settings = replace(settings, no_wait=True)
-    if max_parallel is not None and max_parallel < 1:
-        raise ValueError(f"max_parallel must be at least 1, got {max_parallel}")
     folder = log_dir_for(commands)
     folder.mkdir(parents=True, exist_ok=True)
     busy = _Record(folder / JOBS_RECORD).dirs_still_queued()
@@ -444,7 +445,7 @@ def slurm_launcher(commands: Sequence[str], max_parallel: int | None = None,
     if not commands:
         return None if settings.no_wait else []
     submitted: list[_Submitted] = []
-    with command_launchers._stop_on_termination():
+    with stop_on_termination():
         try:
             submitted = _submit(commands, settings, folder,
                                 max_parallel or settings.array_parallelism)

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from domainbed.lib import io_errors
+
 _TEMP_SUFFIX = ".tmp"
 # A temporary name: ".<final name>.<8 random letters, digits or '_'>.tmp" (mkstemp's pattern too).
 _LEFTOVER = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(_TEMP_SUFFIX))
@@ -108,10 +110,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save `obj` as the whole file; a refused write (a full disk) is an OSError naming
+    `path`, not torch's RuntimeError."""
     import torch  # here, so that the data chain, which writes no tensors, loads without torch
 
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+        try:
+            torch.save(obj, handle)
+        except RuntimeError as err:
+            cause = io_errors.os_error_behind(err)
+            if cause is None:
+                raise
+            raise OSError(cause.errno, cause.strerror) from err
 
 
 def remove_leftovers(directory: str | os.PathLike) -> list[str]:

@@ -7,9 +7,10 @@ Restoring all of it makes a resumed run on the same machine repeat the uninterru
 for bit. An algorithm with plain-Python counters must expose them through
 `nn.Module.get_extra_state` / `set_extra_state` (or keep them in buffers) to be resumed exactly.
 
-The state is loaded with `weights_only=True`: only tensors and plain containers are unpickled,
-so a resume file cannot run code. A file that does not load, or does not fit the run it should
-resume, is refused with an `UnreadableState` before the run changes anything.
+The state is saved and loaded as every resume state of the project is (`run_dir.save_state`,
+`run_dir.load_state`: atomically, and with `weights_only=True`, so a resume file cannot run
+code). A file that does not load, or does not fit the run it should resume, is refused with an
+`UnreadableState` before the run changes anything.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from domainbed.lib import atomic
+from domainbed.lib import run_dir
+from domainbed.lib.cli import UsageError
+from domainbed.lib.run_dir import RESUME as RESUME_FILE
 
-RESUME_FILE = "resume.pt"
 # What `capture` stores, with the type each field must have.
 _FIELDS: dict[str, type] = {"args": dict, "next_step": int, "records": list, "algorithm": dict,
                             "optimisers": dict, "loaders": list, "rng": dict}
 
 
-class UnreadableState(ValueError):
+class UnreadableState(UsageError, ValueError):
     """A resume state that is damaged or belongs to another run; the message says what to do."""
 
     def __init__(self, path: str, reason: str):
@@ -116,20 +118,19 @@ def _restore(state: dict[str, Any], algorithm: torch.nn.Module, loaders: list[Re
 
 
 def save(state: dict[str, Any], output_dir: str) -> None:
-    atomic.torch_save(state, os.path.join(output_dir, RESUME_FILE))
+    run_dir.save_state(state, os.path.join(output_dir, RESUME_FILE))
 
 
 def load(output_dir: str) -> dict[str, Any] | None:
     """The resume state in `output_dir`, or None when there is none; UnreadableState when the
     file is damaged."""
     path = os.path.join(output_dir, RESUME_FILE)
-    if not os.path.exists(path):
-        return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a damaged file fails in many ways: zip, unpickler, EOF, ...
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        raise UnreadableState(path, f"cannot be read ({first_line})") from err
+        state = run_dir.load_state(path)
+    except run_dir.UnreadableStateFile as err:
+        raise UnreadableState(path, f"cannot be read ({err.reason})") from err
+    if state is None:
+        return None
     if not isinstance(state, dict):
         raise UnreadableState(path, "is not a resume state")
     for field, kind in _FIELDS.items():

@@ -11,6 +11,10 @@ Training batches are *addressable*: batch k is drawn by a generator seeded from 
 loader's whole state is its seed and the number of batches handed out. That makes a resumed run
 draw exactly the batches an uninterrupted one would, even with worker processes prefetching
 ahead of the training loop.
+
+Tensors that live on an accelerator (see `domainbed.lib.fast_path.make_resident`) are indexed
+there; `pin_memory` makes a file-reading loader hand out page-locked batches, which a
+non-blocking copy moves to the device while the next step is queued.
 """
 
 from __future__ import annotations
@@ -45,12 +49,16 @@ def tensor_view(dataset: Dataset) -> tuple[Sequence[torch.Tensor], torch.Tensor 
     return None
 
 
-def _worker_count(requested: int) -> int:
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(0, min(requested, cores))
+        return os.cpu_count() or 1
+
+
+def _worker_count(requested: int) -> int:
+    return max(0, min(requested, available_cores()))
 
 
 class _BatchIndices:
@@ -88,7 +96,7 @@ class InfiniteDataLoader:
     """
 
     def __init__(self, dataset: Dataset, weights: torch.Tensor | None, batch_size: int,
-                 num_workers: int, seed: int | None = None):
+                 num_workers: int, seed: int | None = None, pin_memory: bool = False):
         if len(dataset) == 0:
             raise ValueError("cannot draw minibatches from an empty dataset")
         if weights is not None and len(weights) != len(dataset):
@@ -101,6 +109,7 @@ class InfiniteDataLoader:
         self._indices = _BatchIndices(len(dataset), weights, batch_size, seed)
         self._drawn = 0
         self._workers: Iterator[Any] | None = None
+        self.pin_memory = pin_memory
 
     def __iter__(self) -> InfiniteDataLoader:
         return self
@@ -111,6 +120,7 @@ class InfiniteDataLoader:
             picked = self._indices.draw(self._drawn)
             if rows is not None:
                 picked = rows[picked]
+            picked = picked.to(tensors[0].device)
             batch = [tensor[picked] for tensor in tensors]
         else:
             batch = next(self._dataloader_iterator())
@@ -127,6 +137,7 @@ class InfiniteDataLoader:
                 self.dataset,
                 batch_sampler=self._indices,
                 num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
                 # Worker seeds come from this generator, never from the global one.
                 generator=torch.Generator().manual_seed(self._indices.seed),
             )
@@ -149,7 +160,8 @@ class FastDataLoader:
     shuffled and no random state is touched.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int):
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int,
+                 pin_memory: bool = False):
         self.dataset = dataset
         self.batch_size = batch_size
         self._view = tensor_view(dataset)
@@ -157,7 +169,8 @@ class FastDataLoader:
         if self._view is None:
             workers = _worker_count(num_workers)
             self._loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                                      num_workers=workers, persistent_workers=workers > 0)
+                                      num_workers=workers, persistent_workers=workers > 0,
+                                      pin_memory=pin_memory)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._loader is not None:
@@ -168,7 +181,7 @@ class FastDataLoader:
             if rows is None:
                 yield [tensor[start:start + self.batch_size] for tensor in tensors]
             else:
-                picked = rows[start:start + self.batch_size]
+                picked = rows[start:start + self.batch_size].to(tensors[0].device)
                 yield [tensor[picked] for tensor in tensors]
 
     def __len__(self) -> int:

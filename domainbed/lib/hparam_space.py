@@ -23,7 +23,9 @@ import numpy as np
 
 from domainbed.lib.misc import seed_hash
 
-SMALL_IMAGES = ("Debug28", "RotatedMNIST", "ColoredMNIST")
+# Datasets that get DomainBed's small-image optimiser defaults (those of its MNIST datasets); a
+# dataset registered with SMALL_IMAGES = True joins them (domainbed.datasets.register_dataset).
+SMALL_IMAGES = {"Debug28", "RotatedMNIST", "ColoredMNIST"}
 
 RandomFn = Callable[[np.random.RandomState], Any]
 

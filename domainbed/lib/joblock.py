@@ -15,10 +15,12 @@ import os
 import socket
 from collections.abc import Iterator
 
+from domainbed.lib.cli import UsageError
+
 LOCK_NAME = ".running.lock"
 
 
-class JobRunning(Exception):
+class JobRunning(UsageError):
     """Another live process holds the job directory's lock; the message names it."""
 
 

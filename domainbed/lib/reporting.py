@@ -8,7 +8,14 @@ warning on stderr that names the file and line; the rest of the sweep still coun
 Every record that gets through has what model selection and the tables read, of the type they
 read it as: a numeric `step`, an `hparams` object, string `dataset` and `algorithm`, integer
 seeds, and an in- and out-split accuracy for each environment it reports (env0, env1, ... up
-to the first without `_out_acc`), with `test_envs` distinct environments among those.
+to the first without `_out_acc`), with `test_envs` distinct environments among those. Its
+dataset is one of the registry's (`domainbed.datasets`) and it reports exactly that dataset's
+environments: a table's columns and its grid of expected jobs come from the registry, and a
+record that disagrees with it would change them.
+
+A planted or damaged file must not stop a table either: a line longer than `MAX_LINE_CHARS` is
+skipped without being read whole, a line nested too deeply for the parser is skipped, and each
+file warns about its first `WARNINGS_PER_FILE` skipped lines, then once about how many more.
 """
 
 from __future__ import annotations
@@ -18,15 +25,20 @@ import math
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TextIO
 
 import numpy as np
 import tqdm
 
+from domainbed import datasets
 from domainbed.lib.query import Q
+from domainbed.lib.run_dir import RESULTS
 
-RESULTS_FILE = "results.jsonl"
+# A record is about a kilobyte (1.3 KB for a 6-environment dataset); a thousand times that is no
+# record, and parsing it would cost seconds and gigabytes.
+MAX_LINE_CHARS = 1 << 20
+WARNINGS_PER_FILE = 20
 
 
 def standard_error(values: Any) -> float:
@@ -102,6 +114,8 @@ def _problem(record: Any) -> str | None:
     problem = field_problem(args, _ARG_RULES, "args.")
     if problem is not None:
         return problem
+    if args["dataset"] not in datasets.DATASETS:
+        return f"names a dataset not registered here: {args['dataset']!r}"
     if not _is_number(record.get("step")):
         return "has no numeric 'step'"
     if not isinstance(record.get("hparams"), dict):
@@ -109,6 +123,9 @@ def _problem(record: Any) -> str | None:
     n_envs = reported_envs(record)
     if n_envs == 0:
         return "reports no accuracy (no env0_out_acc)"
+    registered = datasets.num_environments(args["dataset"])
+    if n_envs != registered:
+        return f"reports {n_envs} environments, but {args['dataset']} has {registered}"
     for env in range(n_envs):
         for key in (f"env{env}_in_acc", f"env{env}_out_acc"):
             if not _is_number(record.get(key)):
@@ -119,27 +136,52 @@ def _problem(record: Any) -> str | None:
     return None
 
 
+def _bounded_lines(handle: TextIO) -> Iterator[str | None]:
+    """Each line of `handle`, its newline kept (the last line may have none); None for a line
+    over `MAX_LINE_CHARS`, which is read in pieces and dropped, never held whole."""
+    while line := handle.readline(MAX_LINE_CHARS + 1):
+        if len(line) <= MAX_LINE_CHARS or line.endswith("\n"):
+            yield line
+            continue
+        while line and not line.endswith("\n"):
+            line = handle.readline(MAX_LINE_CHARS)
+        yield None
+
+
+def _line_problem(line: str | None) -> tuple[Any, str | None]:
+    """(the line's JSON value, None), or (None, why the line was not parsed)."""
+    if line is None:
+        return None, f"a line longer than {MAX_LINE_CHARS} characters"
+    try:
+        return json.loads(line), None
+    except RecursionError:
+        return None, "a line nested too deeply to parse"
+    except ValueError:
+        return None, "a malformed line" if line.endswith("\n") else "a truncated last line"
+
+
 def read_jsonl_records(path: str, problem: Callable[[Any], str | None]) -> list[Any]:
     """The usable records of one JSON-lines file, in file order: a line that does not parse,
-    or whose record `problem` explains, is skipped with a warning naming the file and line."""
+    is too long, or whose record `problem` explains, is skipped with a warning naming the file
+    and line."""
     records = []
+    skipped = 0
     with open(path, encoding="utf-8", errors="replace") as handle:
-        lines = handle.read().split("\n")
-    last = len(lines) - 1
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            what = "truncated last line" if number - 1 == last else "malformed line"
-            _warn(f"{path}:{number}: skipped a {what}")
-            continue
-        reason = problem(record)
-        if reason is not None:
-            _warn(f"{path}:{number}: skipped a record that {reason}")
-            continue
-        records.append(record)
+        for number, line in enumerate(_bounded_lines(handle), start=1):
+            if line is not None and not line.strip():
+                continue
+            record, reason = _line_problem(line)
+            if reason is None and (why := problem(record)) is not None:
+                reason = f"a record that {why}"
+            if reason is None:
+                records.append(record)
+                continue
+            skipped += 1
+            if skipped <= WARNINGS_PER_FILE:
+                _warn(f"{path}:{number}: skipped {reason}")
+    if skipped > WARNINGS_PER_FILE:
+        more = skipped - WARNINGS_PER_FILE
+        _warn(f"{path}: skipped {more} more line{'s' * (more > 1)} like these")
     return records
 
 
@@ -152,16 +194,20 @@ def load_records(path: str) -> Q:
     """Every usable record of every job directory directly under `path`.
 
     Hidden entries (names starting with '.') are ignored: the sweep uses them for job
-    directories it is in the middle of deleting.
+    directories it is in the middle of deleting. So is a `results.jsonl` that is no regular
+    file (a FIFO would block the reader), and one that cannot be read is skipped with a warning.
     """
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no sweep directory at {path}")
     records: list[dict[str, Any]] = []
     subdirs = sorted(name for name in os.listdir(path) if not name.startswith("."))
     for name in tqdm.tqdm(subdirs, ncols=80, leave=False, disable=None):
-        results_path = os.path.join(path, name, RESULTS_FILE)
+        results_path = os.path.join(path, name, RESULTS)
         if os.path.isfile(results_path):
-            records.extend(read_results_file(results_path))
+            try:
+                records.extend(read_results_file(results_path))
+            except OSError as err:
+                _warn(f"{results_path}: skipped, unreadable: {err.strerror or err}")
     return Q(records)
 
 

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from domainbed.data import http
 from domainbed.data.recipes import ALIASES, RECIPES, DownloadError
-from domainbed.lib.cli import command
-from domainbed.lib.output_dir import OutputDirError, make_output_dir
+from domainbed.lib.cli import OneLineParser, command, path_arg
+from domainbed.lib.output_dir import make_output_dir
 
 
 def _dataset_name(value: str) -> str:
@@ -29,8 +28,8 @@ def _dataset_name(value: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", type=Path, required=True)
+    parser = OneLineParser(prog="download", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", type=path_arg, required=True)
     parser.add_argument(
         "--datasets",
         nargs="+",
@@ -47,16 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@command("download", usage_errors=(OutputDirError,))
+@command("download")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     names = list(RECIPES) if "all" in args.datasets else list(dict.fromkeys(args.datasets))
-    make_output_dir(args.data_dir, "--data_dir")
+    data_dir = make_output_dir(args.data_dir, "--data_dir")
     failed = 0
     for name in names:
         try:
-            outcome = RECIPES[name].install(args.data_dir, args.timeout)
+            outcome = RECIPES[name].install(data_dir, args.timeout)
         except DownloadError as err:
             print(f"download: {' '.join(str(err).split())}", file=sys.stderr)
             failed += 1

@@ -15,14 +15,14 @@ import sys
 
 from domainbed import model_selection
 from domainbed.lib import reporting
-from domainbed.lib.cli import UsageError, command, print_error
+from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg, print_error
 
 PROG = "list_top_hparams"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="List the best hyperparameters of a sweep")
-    parser.add_argument("--input_dir", required=True)
+    parser = OneLineParser(prog=PROG, description="List the best hyperparameters of a sweep")
+    parser.add_argument("--input_dir", type=path_arg, required=True)
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--algorithm", required=True)
     parser.add_argument("--test_env", type=int, required=True)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import inspect
 import json
 import os
 import random
@@ -31,10 +30,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from domainbed import command_launchers, datasets
-from domainbed.lib import joblock
-from domainbed.lib.cli import UsageError
+from domainbed import datasets, hparams_registry, launchers
+from domainbed.lib import joblock, run_dir
+from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
 from domainbed.lib.misc import seed_hash
+from domainbed.lib.output_dir import check_output_dir
 
 _TRASH_PREFIX = ".deleting-"
 
@@ -71,21 +71,25 @@ class Job:
 
     @staticmethod
     def launch(
-        jobs: Sequence[Job], launcher_fn: command_launchers.Launcher, seed: int = 0, **options: Any
+        jobs: Sequence[Job],
+        launcher: launchers.Launcher | Callable[..., list[str] | None],
+        seed: int = 0,
+        **options: Any,
     ) -> list[str] | None:
-        """Create the jobs' directories (unless the launcher only shows the commands), then
-        hand their commands to the launcher.
+        """Create the jobs' directories (unless the launcher is a dry run), then hand their
+        commands to the launcher: a registered `Launcher`, or any function of the commands, as
+        the public DomainBed's `Job.launch` takes.
 
         The order is shuffled (seeded) so that a partial sweep covers every dataset and
         algorithm a little rather than the first ones completely.
         """
         jobs = list(jobs)
         random.Random(seed).shuffle(jobs)
-        if not command_launchers.is_dry_run(launcher_fn):
+        if not (isinstance(launcher, launchers.Launcher) and launcher.dry_run):
             for job in jobs:
                 os.makedirs(job.output_dir, exist_ok=True)
         print(f"Launching {len(jobs)} jobs...")
-        failed = launcher_fn([job.command_str for job in jobs], **options)
+        failed = launcher([job.command_str for job in jobs], **options)
         print(f"Launched {len(jobs)} jobs!")
         return failed
 
@@ -128,7 +132,7 @@ def _cli_value(value: Any) -> str:
 
 
 def _state_of(output_dir: str) -> str:
-    if os.path.exists(os.path.join(output_dir, "done")):
+    if run_dir.is_done(output_dir):
         return DONE
     if os.path.exists(output_dir):
         return INCOMPLETE
@@ -212,7 +216,7 @@ def _default_datasets() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweep", description="Run a sweep")
+    parser = OneLineParser(prog="sweep", description="Run a sweep")
     parser.add_argument("command", choices=["launch", "delete_incomplete", "delete_all"])
     parser.add_argument(
         "--datasets",
@@ -236,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--n_hparams_from", type=int, default=0)
     parser.add_argument("--n_hparams", type=int, default=20)
-    parser.add_argument("--output_dir", type=str, required=True)
-    parser.add_argument("--data_dir", type=str, required=True)
+    parser.add_argument("--output_dir", type=path_arg, required=True)
+    parser.add_argument("--data_dir", type=path_arg, required=True)
     parser.add_argument(
         "--seed", type=int, default=0, help="seeds the order in which jobs are launched"
     )
@@ -285,16 +289,18 @@ def _check(args: argparse.Namespace) -> None:
     for name in args.algorithms:
         if name not in known_algorithms:
             raise UsageError(f"unknown algorithm {name!r} (known: {', '.join(known_algorithms)})")
-    if args.command_launcher not in command_launchers.REGISTRY:
+    if args.command_launcher not in launchers.REGISTRY:
         raise UsageError(
             f"unknown command launcher {args.command_launcher!r} "
-            f"(known: {', '.join(command_launchers.REGISTRY)})"
+            f"(known: {', '.join(launchers.REGISTRY)})"
         )
+    launcher = launchers.REGISTRY[args.command_launcher]
     if args.command == "launch":
         try:
-            command_launchers.check_launcher(args.command_launcher)
+            launcher.check_settings()
         except RuntimeError as err:
             raise UsageError(str(err)) from None
+        check_output_dir(args.output_dir)
     if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from or args.n_hparams_from < 0:
         raise UsageError(
             "need --n_trials >= 1 and 0 <= --n_hparams_from < --n_hparams "
@@ -311,12 +317,24 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--hparams is not valid JSON: {err}") from None
         if not isinstance(overrides, dict):
             raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
-    if args.max_parallel is not None and args.max_parallel < 1:
-        raise UsageError(f"--max_parallel must be at least 1, got {args.max_parallel}")
-    accepted = inspect.signature(command_launchers.REGISTRY[args.command_launcher]).parameters
-    for name in _launcher_options(args):
-        if name not in accepted:
-            raise UsageError(f"the {args.command_launcher!r} launcher does not take --{name}")
+        _check_overrides(overrides, args.algorithms, args.datasets)
+    try:
+        launcher.check_options(_launcher_options(args))
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def _check_overrides(
+    overrides: dict[str, Any], algorithms: Sequence[str], dataset_names: Sequence[str]
+) -> None:
+    """Refuse the overrides `train` would refuse in any job: every job gets all of them, so a
+    key one algorithm lacks would fail each of its jobs (train's own check, and message)."""
+    for algorithm in algorithms:
+        for dataset in dataset_names:
+            try:
+                hparams_registry.validate_overrides(algorithm, dataset, overrides)
+            except hparams_registry.InvalidHParam as err:
+                raise UsageError(f"--hparams: {err}") from None
 
 
 def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -407,7 +425,13 @@ def to_launch(jobs: Sequence[Job], resume_incomplete: bool) -> list[Job]:
 
 
 def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list) -> int:
-    """Carry out one sweep command on already-parsed arguments; the exit status."""
+    """Carry out one sweep command on already-parsed arguments; the exit status.
+
+    `launch` exits 1 only if a job it started failed: a job another live process runs (one
+    left alone, or one that another launcher took over meanwhile) is that process's to finish,
+    and a relaunch shows it done. A deletion that leaves a running job alone exits 1: the
+    sweep is not yet as asked.
+    """
     jobs = prepare(args, args_list_for)
     for job in jobs:
         print(job)
@@ -422,14 +446,16 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
                 "`delete_incomplete` and launch again to rerun them, or launch with "
                 "--resume_incomplete to continue them from their last checkpoint."
             )
-        elif args.resume_incomplete and len(launching) < len(jobs) - sum(
-            job.state == DONE for job in jobs
-        ):
-            print("Incomplete jobs that are still running are left alone.")
+        elif args.resume_incomplete:
+            starting = {id(job) for job in launching}
+            for job in jobs:
+                if job.state == INCOMPLETE and id(job) not in starting:
+                    print(f"Left alone, running elsewhere (pid@host "
+                          f"{joblock.holder(job.output_dir)}): {job.output_dir}")
         print(f"About to launch {len(launching)} jobs.")
         if not launching or not _confirmed(args):
             return 0
-        launcher = command_launchers.REGISTRY[args.command_launcher]
+        launcher = launchers.REGISTRY[args.command_launcher]
         try:
             failed = Job.launch(launching, launcher, seed=args.seed, **_launcher_options(args))
         except KeyboardInterrupt:
@@ -456,22 +482,23 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
     return 0
 
 
-def main(
-    argv: list[str] | None = None,
-    args_list_for: ArgsListBuilder = multi_source_args_list,
-    parser: argparse.ArgumentParser | None = None,
+def run_command(
+    argv: list[str] | None, parser: argparse.ArgumentParser, args_list_for: ArgsListBuilder
 ) -> int:
-    """The command line; another kind of sweep passes its job list builder and parser."""
-    parser = parser if parser is not None else build_parser()
+    """Parse `argv` and carry out the sweep command: the body of this command line and of
+    those built on it (another kind of sweep passes its parser and job list builder). Input
+    errors propagate as UsageError, for the caller's `command` to report."""
     args = parser.parse_args(argv)
     try:
         return run(args, args_list_for)
-    except UsageError as err:
-        print(f"{parser.prog}: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@command("sweep")
+def main(argv: list[str] | None = None) -> int:
+    return run_command(argv, build_parser(), multi_source_args_list)
 
 
 if __name__ == "__main__":

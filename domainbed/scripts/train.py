@@ -13,8 +13,11 @@ Flags, seeding, splits and output files follow the public DomainBed's `train.py`
 
 Beyond upstream: the run is resumable (a killed run restarted with the same arguments carries on
 from its last checkpoint, bit for bit on the same machine), every file is written atomically,
-bad input stops with one line saying what to do before anything is written, and in-memory
-datasets are fed without worker processes.
+bad input stops with one line saying what to do before anything is written, a loss that
+becomes NaN or infinite stops the run before it is recorded (exit 1, no `done`), in-memory
+datasets are fed without worker processes, and on CUDA the fast path (`domainbed.lib.fast_path`;
+`--fast_path off` to compare) keeps the device fed; it changes float rounding and, with more
+loader workers, which augmentations an image dataset draws, nothing else.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import random
 import sys
@@ -36,24 +40,28 @@ import torch
 import torchvision
 
 from domainbed import algorithms, datasets, hparams_registry
-from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
-from domainbed.lib import atomic, checkpoint, joblock, misc, precision
-from domainbed.lib.cli import OneLineParser, UsageError, print_error
+from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.lib import (
+    atomic,
+    checkpoint,
+    fast_path,
+    io_errors,
+    joblock,
+    misc,
+    precision,
+    run_dir,
+)
+from domainbed.lib.cli import Failure, OneLineParser, UsageError, command, path_arg
 from domainbed.lib.fast_data_loader import FastDataLoader, InfiniteDataLoader
-from domainbed.lib.output_dir import OutputDirError, check_output_dir, make_output_dir
-from domainbed.networks import PretrainedWeightsUnavailable
+from domainbed.lib.output_dir import check_output_dir, make_output_dir
 
-RESULTS_FILE = "results.jsonl"
-
-# Evaluation batch size. Upstream uses 64 too; larger batches were not faster on CPU here.
-EVAL_BATCH_SIZE = 64
 PRECISIONS = ("fp32", "bf16")
 PROG = "domainbed.scripts.train"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog=PROG, description="Domain generalization")
-    parser.add_argument("--data_dir", type=str)
+    parser.add_argument("--data_dir", type=path_arg)
     parser.add_argument("--dataset", type=str, default="RotatedMNIST")
     parser.add_argument("--algorithm", type=str, default="ERM")
     parser.add_argument("--task", type=str, default="domain_generalization",
@@ -69,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint_freq", type=int, default=None,
                         help="evaluate and checkpoint every N steps (default: the dataset's)")
     parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
-    parser.add_argument("--output_dir", type=str, default="train_output")
+    parser.add_argument("--output_dir", type=path_arg, default="train_output")
     parser.add_argument("--holdout_fraction", type=float, default=0.2)
     parser.add_argument("--uda_holdout_fraction", type=float, default=0,
                         help="for domain adaptation, the share of each test env given unlabelled")
@@ -88,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_initial_eval", action="store_true", default=argparse.SUPPRESS,
                         help="skip the evaluation and checkpoint at step 0, before any training "
                              "(default: evaluate there, as DomainBed does)")
+    fast = parser.add_argument_group(
+        "speed", "how the run feeds the device (domainbed.lib.fast_path); on a CPU the defaults "
+        "give records identical to --fast_path off")
+    fast.add_argument("--fast_path", choices=("on", "off"), default=argparse.SUPPRESS,
+                      help="on CUDA: in-memory datasets resident on the device, a loader worker "
+                           "per core with pinned memory for image datasets, channels-last "
+                           "ResNets, large evaluation batches; off: the plain path (default: on)")
+    fast.add_argument("--eval_batch_size", type=int, default=argparse.SUPPRESS,
+                      help="evaluation batch size (default: 64, or 2048 for in-memory and 256 "
+                           "for image datasets on CUDA with the fast path)")
+    fast.add_argument("--loader_workers", type=int, default=argparse.SUPPRESS,
+                      help="DataLoader workers for image datasets; each draws its own "
+                           "augmentations, so the count changes them (default: the dataset's "
+                           "8, or one per core on CUDA with the fast path; capped at the cores)")
+    fast.add_argument("--compile", choices=fast_path.COMPILE_MODES, default=argparse.SUPPRESS,
+                      help="torch.compile the algorithm's networks in this mode; reduce-overhead "
+                           "captures CUDA graphs (default: off)")
+    fast.add_argument("--cudnn_benchmark", action="store_true", default=argparse.SUPPRESS,
+                      help="let cuDNN time and pick convolution algorithms: faster ResNets, "
+                           "but float rounding may differ from run to run (default: "
+                           "deterministic algorithms)")
     return parser
 
 
@@ -136,10 +165,12 @@ def check_args(args: argparse.Namespace) -> None:
     if args.task == "domain_adaptation" and args.uda_holdout_fraction == 0:
         raise UsageError("--task domain_adaptation needs unlabelled test examples: "
                          "set --uda_holdout_fraction above 0")
-    for flag in ("steps", "checkpoint_freq"):
-        value = getattr(args, flag)
+    for flag in ("steps", "checkpoint_freq", "eval_batch_size"):
+        value = getattr(args, flag, None)
         if value is not None and value < 1:
             raise UsageError(f"--{flag} must be at least 1, got {value}")
+    if getattr(args, "loader_workers", 0) < 0:
+        raise UsageError(f"--loader_workers must be at least 0, got {args.loader_workers}")
     if args.hparams is not None:
         try:
             overrides = json.loads(args.hparams)
@@ -157,10 +188,7 @@ def check_args(args: argparse.Namespace) -> None:
     if unknown:
         raise UsageError(f"--eval_splits: this run has no split {unknown[0]}; choose from "
                          + ", ".join(known))
-    try:
-        check_output_dir(args.output_dir)
-    except OutputDirError as err:
-        raise UsageError(str(err)) from None
+    check_output_dir(args.output_dir)
 
 
 def resolve_hparams(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,59 +202,25 @@ def resolve_hparams(args: argparse.Namespace) -> dict[str, Any]:
     return hparams
 
 
-def _comparable(args: dict[str, Any]) -> dict[str, Any]:
-    # The same directory may be named by a relative or an absolute path.
-    return {k: v for k, v in args.items() if k != "output_dir"}
-
-
-def _refuse_different(previous: dict[str, Any], args: dict[str, Any], what: str) -> None:
-    previous, current = _comparable(previous), _comparable(args)
-    if previous != current:
-        changed = sorted(k for k in previous.keys() | current.keys()
-                         if previous.get(k) != current.get(k))
-        raise UsageError(f"--output_dir {args['output_dir']} holds {what} with other arguments "
-                         f"(differing: {', '.join(changed)}); rerun with the same arguments or "
-                         "choose another --output_dir")
-
-
-def _finished_args(output_dir: str) -> dict[str, Any] | None:
-    """The arguments a finished run recorded; UsageError if its results.jsonl is damaged."""
-    path = os.path.join(output_dir, RESULTS_FILE)
-    if not os.path.exists(path):
-        return None
-    args = None
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                args = json.loads(line)["args"]
-            except (json.JSONDecodeError, TypeError, KeyError):
-                args = None
-            if not isinstance(args, dict):
-                raise UsageError(f"--output_dir {output_dir} holds a finished run whose "
-                                 f"{RESULTS_FILE} is damaged (line {number}); delete the "
-                                 "directory to run it again")
-    return args
-
-
 def previous_run(args: argparse.Namespace) -> tuple[bool, dict[str, Any] | None]:
     """(finished?, resume state) for what `--output_dir` already holds; raises UsageError when
     it holds something this run must not continue or overwrite."""
     out = args.output_dir
-    if os.path.exists(os.path.join(out, "done")):
-        finished = _finished_args(out)
-        if finished is not None:
-            _refuse_different(finished, vars(args), "a finished run")
+    where = f"--output_dir {out}"
+    finished = run_dir.finished_records(out, where)
+    if finished is not None:
+        if finished:
+            run_dir.refuse_other_arguments(finished[-1]["args"], vars(args), where,
+                                           "a finished run")
         checkpoint.discard(out)  # left over if the run died between `done` and its cleanup
         return True, None
     state = checkpoint.load(out)  # raises UnreadableState for a damaged file
     if state is not None:
-        _refuse_different(state["args"], vars(args), "an interrupted run")
+        run_dir.refuse_other_arguments(state["args"], vars(args), where, "an interrupted run")
         return False, state
-    if os.path.exists(os.path.join(out, RESULTS_FILE)):
-        raise UsageError(f"--output_dir {out} holds {RESULTS_FILE} but no {checkpoint.RESUME_FILE}"
-                         " to resume from; delete it or choose another --output_dir")
+    if os.path.exists(os.path.join(out, run_dir.RESULTS)):
+        raise UsageError(f"{where} holds {run_dir.RESULTS} but no {run_dir.RESUME} to resume "
+                         "from; delete it or choose another --output_dir")
     return False, None
 
 
@@ -257,8 +251,8 @@ def open_log(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
     into it, and log the run's setup."""
     make_output_dir(args.output_dir)
     leftovers = atomic.remove_leftovers(args.output_dir)
-    sys.stdout = misc.Tee(os.path.join(args.output_dir, "out.txt"), stream=sys.stdout)
-    sys.stderr = misc.Tee(os.path.join(args.output_dir, "err.txt"), stream=sys.stderr)
+    sys.stdout = misc.Tee(os.path.join(args.output_dir, run_dir.OUT), stream=sys.stdout)
+    sys.stderr = misc.Tee(os.path.join(args.output_dir, run_dir.ERR), stream=sys.stderr)
     if leftovers:
         print(f"Removed {len(leftovers)} temporary files left by an interrupted write: "
               + ", ".join(leftovers))
@@ -277,7 +271,8 @@ def open_log(args: argparse.Namespace, hparams: dict[str, Any]) -> None:
 
 
 def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader],
-             device: str, precision: str = "fp32") -> dict[str, float]:
+             device: str, precision: str = "fp32",
+             channels_last: bool | None = None) -> dict[str, float]:
     """`<split>_acc` for every split.
 
     On CPU the splits are shared among as many Python threads as torch has intra-op threads,
@@ -285,11 +280,15 @@ def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader]
     torch's default of two threads cooperating on every small convolution predicted 2,048
     MNIST images in 6.5 s while one thread took 2.1 s; independent threads keep both cores
     busy without waiting on each other, also when other jobs share the machine.
+    `channels_last` (default: on a CPU only) feeds inputs in NHWC layout.
     """
+    if channels_last is None:
+        channels_last = device == "cpu"
+
     def count(loader: FastDataLoader) -> tuple[float, float]:
         with autocast(precision, device):
             return misc.count_correct(algorithm, loader, None, device,
-                                      channels_last=device == "cpu")
+                                      channels_last=channels_last)
 
     threads = torch.get_num_threads()
     workers = threads if device == "cpu" else 1
@@ -306,9 +305,26 @@ def evaluate(algorithm: algorithms.Algorithm, loaders: dict[str, FastDataLoader]
             for name, (correct, total) in zip(loaders, counts, strict=True)}
 
 
-def _write_results(output_dir: str, records: list[str]) -> None:
-    atomic.write_text(os.path.join(output_dir, RESULTS_FILE),
-                      "".join(record + "\n" for record in records))
+class NonFiniteLoss(Failure):
+    """The training loss became NaN or infinite: the hyperparameters make training diverge."""
+
+
+def check_finite_losses(window: dict[str, list[float]], first_step: int) -> None:
+    """Raise NonFiniteLoss, naming the first step, if a logged loss of the window that began at
+    `first_step` is not finite.
+
+    Checked once per evaluation, on values the algorithms have already copied to the host, so
+    the check adds no device synchronisation per step; a diverged stretch is never recorded or
+    checkpointed, and the run never reaches `done`.
+    """
+    bad = [(offset, key, value) for key, values in window.items() if "loss" in key
+           for offset, value in enumerate(values) if not math.isfinite(value)]
+    if bad:
+        offset, key, value = min(bad)
+        raise NonFiniteLoss(
+            f"the training loss became {value} at step {first_step + offset} ({key}); the "
+            "hyperparameters make training diverge: lower the learning rate or choose smaller "
+            "loss parameters (such as itl_omega) in --hparams, with a new --output_dir")
 
 
 def train(args: argparse.Namespace) -> int:
@@ -323,8 +339,9 @@ def train(args: argparse.Namespace) -> int:
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    cudnn_benchmark = getattr(args, "cudnn_benchmark", False)
+    torch.backends.cudnn.deterministic = not cudnn_benchmark
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision.warn_if_bf16_is_slow(args.precision, PROG, device)
 
@@ -333,16 +350,27 @@ def train(args: argparse.Namespace) -> int:
     if args.task == "domain_adaptation" and not uda_splits:
         raise UsageError("not enough unlabelled examples for domain adaptation: "
                          "raise --uda_holdout_fraction")
+    fast = fast_path.resolve(device, dataset, enabled=getattr(args, "fast_path", "on") == "on",
+                             eval_batch_size=getattr(args, "eval_batch_size", None),
+                             loader_workers=getattr(args, "loader_workers", None),
+                             compile_mode=getattr(args, "compile", "off"),
+                             cudnn_benchmark=cudnn_benchmark)
+    if fast.resident:
+        fast_path.make_resident(dataset, device)
+    workers = dataset.N_WORKERS if fast.loader_workers is None else fast.loader_workers
 
     train_loaders = [
-        InfiniteDataLoader(env, weights, hparams["batch_size"], dataset.N_WORKERS)
+        InfiniteDataLoader(env, weights, hparams["batch_size"], workers,
+                           pin_memory=fast.pin_memory)
         for i, (env, weights) in enumerate(in_splits) if i not in args.test_envs]
-    uda_loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], dataset.N_WORKERS)
+    uda_loaders = [InfiniteDataLoader(env, weights, hparams["batch_size"], workers,
+                                      pin_memory=fast.pin_memory)
                    for env, weights in uda_splits]
     # Upstream numbers uda splits by their position among uda splits, not by environment.
     chosen = getattr(args, "eval_splits", None)
     eval_loaders = {
-        f"env{i}_{part}": FastDataLoader(split, EVAL_BATCH_SIZE, dataset.N_WORKERS)
+        f"env{i}_{part}": FastDataLoader(split, fast.eval_batch_size, workers,
+                                         pin_memory=fast.pin_memory)
         for part, splits in (("in", in_splits), ("out", out_splits), ("uda", uda_splits))
         for i, (split, _) in enumerate(splits)
         if chosen is None or f"env{i}_{part}" in chosen}
@@ -356,6 +384,7 @@ def train(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot build {args.algorithm} with these hyperparameters ({err}); "
                          "fix --hparams") from err
     algorithm.to(device)
+    fast_path.prepare_model(algorithm, fast)
     streams = train_loaders + uda_loaders
 
     start_step, records = 0, []
@@ -368,7 +397,8 @@ def train(args: argparse.Namespace) -> int:
     # Setup is over and nothing failed: from here on the run writes into its directory.
     open_log(args, hparams)
     if resuming:
-        _write_results(args.output_dir, records)  # drop anything written after the checkpoint
+        # Drop anything written after the checkpoint.
+        run_dir.write_records(args.output_dir, records)
         print(f"Resuming from step {start_step} ({len(records)} records so far)")
 
     def save_model(filename: str) -> None:
@@ -389,14 +419,15 @@ def train(args: argparse.Namespace) -> int:
     train_batches = zip(*train_loaders, strict=True)
     uda_batches = zip(*uda_loaders, strict=True)
     window = collections.defaultdict(list)
+    window_start = start_step
     last_keys = None
 
     for step in range(start_step, n_steps):
         step_start = time.time()
-        minibatches = [(x.to(device), y.to(device)) for x, y in next(train_batches)]
+        minibatches = [(fast.to_device(x), fast.to_device(y)) for x, y in next(train_batches)]
         unlabeled = None
         if args.task == "domain_adaptation":
-            unlabeled = [x.to(device) for x, _ in next(uda_batches)]
+            unlabeled = [fast.to_device(x) for x, _ in next(uda_batches)]
         with autocast(args.precision, device):
             step_vals = algorithm.update(minibatches, unlabeled)
         window["step_time"].append(time.time() - step_start)
@@ -404,10 +435,12 @@ def train(args: argparse.Namespace) -> int:
             window[key].append(value)
 
         if (step % checkpoint_freq == 0 and step >= first_eval) or step == n_steps - 1:
+            check_finite_losses(window, window_start)
             results: dict[str, Any] = {"step": step, "epoch": step / steps_per_epoch}
             for key, values in window.items():
                 results[key] = float(np.mean(values))
-            results.update(evaluate(algorithm, eval_loaders, device, args.precision))
+            results.update(evaluate(algorithm, eval_loaders, device, args.precision,
+                                    channels_last=device == "cpu" or fast.channels_last))
             results["mem_gb"] = (torch.cuda.max_memory_allocated() / 2**30
                                  if device == "cuda" else 0.0)
 
@@ -419,45 +452,36 @@ def train(args: argparse.Namespace) -> int:
 
             results.update({"hparams": hparams, "args": vars(args)})
             records.append(json.dumps(results, sort_keys=True))
-            window = collections.defaultdict(list)
+            window, window_start = collections.defaultdict(list), step + 1
             if args.save_model_every_checkpoint:
                 save_model(f"model_step{step}.pkl")
             checkpoint.save(checkpoint.capture(algorithm, streams, step + 1, records, vars(args)),
                             args.output_dir)
-            _write_results(args.output_dir, records)
+            run_dir.write_records(args.output_dir, records)
 
-    save_model("model.pkl")
-    atomic.write_text(os.path.join(args.output_dir, "done"), "done")
+    save_model(run_dir.MODEL)
+    run_dir.mark_done(args.output_dir)
     checkpoint.discard(args.output_dir)
     return 0
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Exit 0 when done, 2 for input to change, 1 for a failure of the machine (a full disk)
     or of the code. Every message goes to the terminal and, once the run has opened its log,
-    to its err.txt as well: the streams are restored only after it is printed."""
+    to its err.txt as well: `command` restores the streams only after it is printed."""
     args = build_parser().parse_args(argv)
-    stdout, stderr = sys.stdout, sys.stderr
     try:
         with joblock.running(args.output_dir):  # a sweep deletes no directory a live run holds
             return train(args)
-    except (UsageError, DataUnavailableError, PretrainedWeightsUnavailable,
-            checkpoint.UnreadableState, OutputDirError, joblock.JobRunning) as err:
-        print_error(PROG, str(err))
-        return 2
+    except (UsageError, Failure):
+        raise
     except OSError as err:
-        where = f"{err.filename}: " if err.filename else ""
-        print_error(PROG, f"{where}{err.strerror or err}; fix that and rerun the same command: "
-                    "the run resumes from its last checkpoint")
-        return 1
+        raise Failure(f"{io_errors.describe(err)}; then rerun the same command: the run "
+                      "resumes from its last checkpoint") from err
     except Exception:
         traceback.print_exc()
         return 1
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            if isinstance(stream, misc.Tee):
-                stream.close()
-        sys.stdout, sys.stderr = stdout, stderr
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """ERM_ITL, RSC_ITL and ERM with each baseline loss, registered in this project's engine.
 
 Each is built from its entry in variants.VARIANTS by core.variant_class, the function that
-also builds them in a clone of the public DomainBed; its hyperparameters are its base's plus
+also builds them in a clone of the public DomainBed: a subclass of the engine's ERM or RSC
+that overrides its loss hooks and keeps its update(); its hyperparameters are its base's plus
 its loss's.
 """
 

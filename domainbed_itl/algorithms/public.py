@@ -3,7 +3,7 @@
 Each variant subclasses the clone's own base class (its networks, optimiser, hparams and
 checkpoints stay the clone's) and is built by core.variant_class, the function that builds
 it in this engine too: the public ERM and RSC call F.cross_entropy inside update(), so the
-variant takes core's update(), which goes through its loss.
+variant also takes the update() re-stated in public_updates, which goes through its loss.
 
 Called by domainbed_itl.public_hook once the clone's `domainbed.algorithms` /
 `domainbed.hparams_registry` has been imported; nothing here imports `domainbed` itself.
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from domainbed_itl.algorithms.core import variant_class
+from domainbed_itl.algorithms.public_updates import UPDATES
 from domainbed_itl.algorithms.variants import VARIANTS, fresh
 
 
@@ -29,7 +30,8 @@ def register_algorithms(module: ModuleType) -> list[str]:
         if not isinstance(base, type):
             missing.append(variant.base)
             continue
-        setattr(module, name, variant_class(name, variant, base, module.__name__))
+        update = {"update": UPDATES[variant.base]}
+        setattr(module, name, variant_class(name, variant, base, module.__name__, update))
         if name not in module.ALGORITHMS:
             module.ALGORITHMS.append(name)
     return sorted(set(missing))

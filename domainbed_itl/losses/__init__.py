@@ -1,6 +1,7 @@
 """Classification losses that replace nn.CrossEntropyLoss in one line: ITL, its Taylor family,
 and the hand-designed losses the paper compares with. `get_loss(name, **kwargs)` builds one by
-its registry name: ce, bce, focal, sce, isce, gce, ls, taylor, itl.
+its registry name: ce, bce, focal, sce, isce, gce, ls, taylor, itl. The families that can be
+learned (Taylor, iSCE, plugins) are described, one file each, in domainbed_itl.losses.families.
 """
 
 from domainbed_itl.losses.baselines import (

@@ -23,7 +23,7 @@ Sign: with Table 8's values the polynomial *rises* with the true-class probabili
 is its negative mean over the C classes (Eq. 8 averages over classes; TaylorGLO negates), then
 averaged over the batch. Checked by training an MLP 784-256-10 on 5,000 MNIST images (400 Adam
 steps, lr 1e-3, 2,000 test images): 0.895 accuracy with CE, 0.888 with this ITL, 0.002 with
-the opposite sign (tests/test_losses.py keeps that check).
+the opposite sign (tests/domainbed_itl/losses/test_losses.py keeps that check).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from domainbed_itl.losses.checks import check_order, finite_numbers
 from domainbed_itl.losses.registry import register_loss
 
 # Table 8, read as w0, w1, ..., w11 (the header's "w0, w2, ..." lists twelve numbers).
@@ -51,8 +52,7 @@ _EQ10_MIXED: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1), (3, 1), (1, 
 
 def taylor_terms(order: int) -> tuple[tuple[int, int], ...]:
     """Exponents (a, b) of (p - w0)^a (y - w1)^b, one per coefficient w[2:], in order."""
-    if not isinstance(order, int) or order < MIN_ORDER:
-        raise ValueError(f"Taylor order must be an integer >= {MIN_ORDER}, got {order!r}")
+    check_order(order, MIN_ORDER, "Taylor order")
     pure = tuple((a, 0) for a in range(1, order + 1))
     mixed = [t for t in _EQ10_MIXED if sum(t) <= order]
     for degree in range(5, order + 1):
@@ -63,6 +63,14 @@ def taylor_terms(order: int) -> tuple[tuple[int, int], ...]:
 def n_taylor_params(order: int) -> int:
     """Length of w for a given order: the centre (w0, w1) plus one coefficient per term."""
     return 2 + len(taylor_terms(order))
+
+
+def check_omega(omega: torch.Tensor, order: int) -> None:
+    """ValueError unless `omega` is the parameter vector of an order-`order` loss."""
+    need = n_taylor_params(order)
+    if omega.shape != (need,):
+        raise ValueError(f"an order-{order} Taylor loss needs {need} parameters, got shape "
+                         f"{tuple(omega.shape)}")
 
 
 def _check_reduction(reduction: str) -> None:
@@ -98,11 +106,9 @@ def taylor_loss(logits: torch.Tensor, targets: torch.Tensor, omega: torch.Tensor
     """
     check_inputs(logits, targets)
     _check_reduction(reduction)
-    terms = taylor_terms(order)
     omega = torch.as_tensor(omega).to(device=logits.device, dtype=logits.dtype)
-    if omega.shape != (2 + len(terms),):
-        raise ValueError(f"an order-{order} Taylor loss needs {2 + len(terms)} parameters, "
-                         f"got shape {tuple(omega.shape)}")
+    check_omega(omega, order)
+    terms = taylor_terms(order)
     p = torch.softmax(logits, dim=1)
     y = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
     u, v = p - omega[0], y - omega[1]
@@ -128,11 +134,8 @@ class TaylorLoss(nn.Module):
         super().__init__()
         _check_reduction(reduction)
         omega = torch.as_tensor(omega, dtype=torch.get_default_dtype()).detach().clone()
-        if omega.shape != (n_taylor_params(order),):
-            raise ValueError(f"an order-{order} Taylor loss needs {n_taylor_params(order)} "
-                             f"parameters, got {omega.numel()}")
-        if not torch.isfinite(omega).all():
-            raise ValueError(f"Taylor loss parameters must be finite, got {omega.tolist()}")
+        check_omega(omega, order)
+        finite_numbers(omega.tolist(), "Taylor")
         self.order = order
         self.reduction = reduction
         if learnable:

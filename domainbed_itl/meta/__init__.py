@@ -3,8 +3,9 @@
 Library modules, one concept each: base_model (functional MLP), inner (the inner SGD loop),
 hypergrad and linear_solve (IFT hypergradients, Neumann and CG), splits / outer / batched /
 device_loop (one leave-one-domain-out sweep, run one split after another or stacked),
-ray_backend (the same sweep as parallel Ray tasks), surgery (PCGrad), families (the learnable
-loss families; a learned loss itself is domainbed_itl.losses.learned.LearnedLoss), data (the
+ray_backend (the same sweep as parallel Ray tasks), surgery (PCGrad), families (a loss
+family of domainbed_itl.losses.families at one order, as the meta-learner uses it; a learned
+loss itself is domainbed_itl.losses.learned.LearnedLoss), data (the
 domains), trainer (the outer loop), cma_search / cma_state (the CMA-ES baseline), guard
 (non-finite checks), state (checkpoints), plot (learning curve).
 

@@ -45,7 +45,7 @@ from domainbed.lib.cli import UsageError, command
 from domainbed.lib.misc import seed_hash
 from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta.base_model import Params, mlp_forward
-from domainbed_itl.meta.families import INIT_PRESETS, LossFamily, initial_w, make_family
+from domainbed_itl.meta.families import LossFamily, init_presets, initial_w, make_family
 from domainbed_itl.meta.hypergrad import (
     _objectives,
     hessian_vector_product,
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--dataset", default="RotatedMNIST")
     p.add_argument("--exclude_envs", type=int, nargs="*", default=[0])
-    p.add_argument("--inits", nargs="+", default=list(d.inits), choices=INIT_PRESETS)
+    p.add_argument("--inits", nargs="+", default=list(d.inits), choices=init_presets())
     p.add_argument("--inner_steps", type=int, nargs="+", default=list(d.inner_steps))
     p.add_argument("--hessian_batches", type=int, nargs="+", default=list(d.hessian_batches))
     p.add_argument("--held_out", type=int, nargs="+", default=list(d.held_out),

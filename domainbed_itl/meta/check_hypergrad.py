@@ -41,7 +41,7 @@ from torchvision.datasets import MNIST
 from domainbed.lib import atomic
 from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.base_model import Params, init_mlp, mlp_forward
-from domainbed_itl.meta.families import TaylorFamily
+from domainbed_itl.meta.families import make_family
 from domainbed_itl.meta.hypergrad import (
     _objectives,
     exact_hypergradient,
@@ -79,13 +79,13 @@ class Problem:
     def __init__(self, data: tuple[torch.Tensor, ...], hidden: tuple[int, ...], l2: float,
                  seed: int) -> None:
         self.xt, self.yt, self.xv, self.yv = data
-        self.family = TaylorFamily(4)
+        self.family = make_family("taylor", 4)
         self.l2 = l2
         self.forward = smooth_mlp_forward
         widths = (self.xt.shape[1], *hidden, 10)
         self.init = [p.detach() for p in
                      init_mlp(widths, torch.Generator().manual_seed(seed), dtype=DTYPE)]
-        self.w = self.family.fit_cross_entropy(10, torch.Generator().manual_seed(seed)).to(DTYPE)
+        self.w = self.family.preset("ce_like", 10, torch.Generator().manual_seed(seed)).to(DTYPE)
 
     def train_loss(self, theta: Params, w: torch.Tensor, rows: torch.Tensor | None = None
                    ) -> torch.Tensor:

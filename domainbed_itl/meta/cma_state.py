@@ -21,10 +21,12 @@ from typing import Any
 import cma
 import numpy as np
 
+from domainbed.lib.cli import UsageError
+
 FORMAT = "domainbed_itl.meta.cmaes/1"
 
 
-class StateError(ValueError):
+class StateError(UsageError, ValueError):
     """A state file that cannot be used; the message says what to do instead."""
 
 

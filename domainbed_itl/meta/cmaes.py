@@ -35,13 +35,14 @@ from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
-from domainbed.lib.cli import UsageError, command
+from domainbed.lib.cli import OneLineParser, UsageError, command
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta.cma_search import FITNESS, evaluate, new_strategy
 from domainbed_itl.meta.cma_state import Generation, SearchState, read_state, replay
 from domainbed_itl.meta.families import LossFamily
 from domainbed_itl.meta.outer import make_domain_set
 from domainbed_itl.meta.ray_backend import RayBackend
+from domainbed_itl.meta.run_files import LEARNED, LOG, SEARCH_STATE
 from domainbed_itl.meta.run_settings import (
     Prepared,
     add_execution_arguments,
@@ -53,10 +54,7 @@ from domainbed_itl.meta.run_settings import (
 )
 from domainbed_itl.meta.state import ConfigMismatchError, check_config, rewrite_log
 
-LOG = "log.jsonl"
-LEARNED = "learned_loss.json"
-STATE = "state.json"
-# What earlier versions saved; never loaded, since unpickling a file can run any code.
+# A pickled search state: refused, never loaded, since unpickling a file can run any code.
 LEGACY_STATE = "state.pkl"
 # Settings of this command that may change between the pieces of one resumed search (besides
 # run_settings.WHERE_IT_RUNS).
@@ -64,8 +62,8 @@ OPERATIONAL = ("budget",)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.cmaes",
-                                description="CMA-ES search of a loss function (baseline).")
+    p = OneLineParser(prog="python -m domainbed_itl.meta.cmaes",
+                      description="CMA-ES search of a loss function (baseline).")
     add_problem_arguments(p)
     p.add_argument("--budget", type=int, required=True,
                    help="inner-loop trainings to spend in all (n_domains per candidate)")
@@ -88,9 +86,10 @@ def load_state(out: Path, family: LossFamily) -> SearchState | None:
             f"{out / LEGACY_STATE} is a pickled search from an earlier version and is never "
             "loaded (unpickling can run code); choose a new --output_dir, or remove "
             f"{LEGACY_STATE} and {LOG} from {out} to start the search over there")
-    saved = read_state(out / STATE, family.n_params)
+    saved = read_state(out / SEARCH_STATE, family.n_params)
     if saved is None and (out / LOG).exists():
-        raise ConfigMismatchError(f"{out} holds a log but no {STATE}; choose a new --output_dir")
+        raise ConfigMismatchError(f"{out} holds a log but no {SEARCH_STATE}; choose a new "
+                                  "--output_dir")
     return saved
 
 
@@ -134,7 +133,7 @@ def search(args: argparse.Namespace, run: Prepared[SearchState], state: SearchSt
             "seconds": round(time.perf_counter() - start, 3),
             "best_w": [float(v) for v in candidates[i_best]],
         })
-        atomic.write_text(out / STATE, state.to_json())
+        atomic.write_text(out / SEARCH_STATE, state.to_json())
         rewrite_log(out / LOG, records)
         _, best_w, _ = state.best()
         atomic.write_text(out / LEARNED,

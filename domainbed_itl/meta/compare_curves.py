@@ -22,6 +22,7 @@ from typing import Any
 
 from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.plot import new_figure, write_png
+from domainbed_itl.meta.run_files import LOG
 
 X_LABELS = {"trainings": "inner-loop trainings spent", "seconds": "wall-clock seconds"}
 
@@ -29,7 +30,7 @@ X_LABELS = {"trainings": "inner-loop trainings spent", "seconds": "wall-clock se
 def read_curve(run_dir: Path) -> dict[str, Any]:
     """{'kind', 'x', 'seconds', 'y', 'y_mean'} from a run's log.jsonl, whichever trainer wrote
     it; 'seconds' is cumulative. Steps without an accuracy (a diverged inner loop) are None."""
-    path = Path(run_dir) / "log.jsonl"
+    path = Path(run_dir) / LOG
     if not path.is_file():
         raise ValueError(f"{path} does not exist; pass meta-training output directories")
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

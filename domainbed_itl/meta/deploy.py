@@ -55,6 +55,7 @@ from domainbed_itl.losses.taylor import ITL_OMEGA
 from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta.base_model import accuracy, init_mlp
 from domainbed_itl.meta.inner import LossFn, sample_batches, train_on_batches
+from domainbed_itl.meta.run_files import CHECKPOINT, SEARCH_STATE
 from domainbed_itl.meta.splits import MetaConfig
 from domainbed_itl.meta.state import CheckpointError, load_checkpoint
 
@@ -117,15 +118,15 @@ def meta_provenance(source: str, loss: LearnedLoss) -> dict[str, Any] | None:
     if name is not None:
         return preset_provenance(name).get("meta")
     run_dir = Path(source).parent
-    checkpoint = load_checkpoint(run_dir / "checkpoint.pt", ("config", "step"))
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT, ("config", "step"))
     if checkpoint is not None:
         config, steps = checkpoint["config"], checkpoint["step"]
-    elif (run_dir / "state.json").exists():
+    elif (run_dir / SEARCH_STATE).exists():
         # Imported here: it needs pycma, an optional extra that only CMA-ES runs install.
         from domainbed_itl.meta.cma_state import StateError, read_state
 
         try:
-            state = read_state(run_dir / "state.json", len(loss.parameters))
+            state = read_state(run_dir / SEARCH_STATE, len(loss.parameters))
         except StateError as err:
             raise UsageError(str(err)) from None
         config, steps = state.config, len(state.records)

@@ -33,11 +33,10 @@ from matplotlib.ticker import MaxNLocator
 
 from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.plot import new_figure, write_png
+from domainbed_itl.meta.run_files import CHECKPOINT, LOG
 from domainbed_itl.meta.state import CheckpointError, load_checkpoint
 
 PROG = "domainbed_itl.meta.figures"
-LOG = "log.jsonl"
-CHECKPOINT = "checkpoint.pt"
 # Settings allowed to differ between the runs of one figure, beyond the seed: the starting w
 # follows the seed (random starts) and the order (its length).
 FIG3_FREE = ("seed", "w0")

@@ -15,13 +15,13 @@ Ray runs here on CPUs: the data and results travel as CPU tensors.
 
 from __future__ import annotations
 
-import logging
-import socket
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from domainbed.launchers import SettingError
+from domainbed.launchers.ray_connection import connect, start_local
 from domainbed_itl.meta.families import LossFamily
 from domainbed_itl.meta.outer import DomainSet, MetaConfig, SplitResult, Starts, run_split
 
@@ -29,34 +29,11 @@ from domainbed_itl.meta.outer import DomainSet, MetaConfig, SplitResult, Starts,
 LOCAL_CPUS = 2
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20
 MAX_RETRIES = 3
-CONNECT_TIMEOUT_S = 5.0
+_NEEDED_BY = "--backend ray"
 
 
 class RayUnavailableError(ValueError):
     """Ray cannot be used as asked; the message says what to do instead."""
-
-
-def _import_ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise RayUnavailableError("--backend ray needs Ray: pip install 'domainbed-itl[cluster]' "
-                                  "(or pip install ray)") from None
-    return ray
-
-
-def _probe(address: str) -> None:
-    """Refuse an address nobody answers at, in seconds rather than Ray's long retries."""
-    host, sep, port = address.rpartition(":")
-    if address.startswith("ray://") or not sep or not port.isdigit():
-        raise RayUnavailableError(f"--ray_address {address!r} is not host:port (the address "
-                                  "`ray start --head` prints)")
-    try:
-        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as err:
-        raise RayUnavailableError(f"cannot reach a Ray cluster at --ray_address {address} "
-                                  f"({err.strerror or err}); start one with `ray start --head` "
-                                  "or leave --ray_address out to start Ray here") from None
 
 
 class RayBackend:
@@ -64,26 +41,18 @@ class RayBackend:
     here) that maps a function over argument tuples as retried tasks."""
 
     def __init__(self, address: str | None = None, max_retries: int = MAX_RETRIES) -> None:
-        ray = _import_ray()
+        """Connect under the rule the `ray` launcher follows (`launchers.ray_connection`)."""
         self.max_retries = max_retries
-        self.started = False
         self._remote: dict[Callable[..., Any], Any] = {}
         self._shared: dict[int, tuple[Any, Any]] = {}
-        if address is not None:
-            _probe(address)
-        if ray.is_initialized():
-            return
-        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
-        if address is not None:
-            try:
-                ray.init(address=address, **quiet)
-            except (ConnectionError, RuntimeError) as err:
-                raise RayUnavailableError(f"cannot connect to the Ray cluster at {address} "
-                                          f"({' '.join(str(err).split())[:200]})") from None
-            return
-        ray.init(address="local", num_cpus=LOCAL_CPUS, num_gpus=0, include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
-        self.started = True
+        try:
+            if address is not None:
+                connect(address, "--ray_address", _NEEDED_BY)
+                self.started = False
+            else:
+                self.started = start_local(_NEEDED_BY, LOCAL_CPUS, 0, LOCAL_OBJECT_STORE_BYTES)
+        except SettingError as err:
+            raise RayUnavailableError(str(err)) from None
 
     def share(self, obj: Any) -> Any:
         """`obj` in the object store (put once, then the same reference)."""

@@ -17,12 +17,14 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from domainbed.lib.cli import path_arg
 from domainbed.lib.misc import seed_hash
 from domainbed.lib.output_dir import check_output_dir
 from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta.families import (
-    INIT_PRESETS,
     LossFamily,
+    family_names,
+    init_presets,
     initial_w,
     make_family,
     w_from_file,
@@ -44,12 +46,14 @@ def add_problem_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exclude_envs", type=int, nargs="+", default=[],
                    help="environments left out of meta-training entirely (e.g. the test "
                    "domain a learned loss will later be deployed on)")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--family", default="taylor", choices=("taylor", "isce"))
-    p.add_argument("--order", type=int, default=4, help="Taylor polynomial order (2-5)")
-    p.add_argument("--init", default="ce_like",
-                   help=f"starting w: {', '.join(INIT_PRESETS)} or a JSON file (a "
+    p.add_argument("--data_dir", type=path_arg, required=True)
+    p.add_argument("--output_dir", type=path_arg, required=True)
+    p.add_argument("--family", default="taylor", choices=family_names(),
+                   help="the loss family to learn (domainbed_itl.losses.families)")
+    p.add_argument("--order", type=int, default=4,
+                   help="the family's order, for a family that has one (Taylor: 2-5)")
+    p.add_argument("--init", type=path_arg, default="ce_like",
+                   help=f"starting w: {', '.join(init_presets())} or a JSON file (a "
                    "learned_loss.json or a list of numbers)")
     p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden),
                    help="hidden widths of the MLP base model")
@@ -72,8 +76,8 @@ def add_execution_arguments(p: argparse.ArgumentParser) -> None:
                    help="local: in this process; ray: the inner trainings of a step (or the "
                    "candidates of a CMA-ES generation) as parallel Ray tasks (same results)")
     p.add_argument("--ray_address", default=None,
-                   help="a running Ray cluster (host:port) for --backend ray; default: a Ray "
-                   "instance started here")
+                   help="a running Ray cluster for --backend ray (host:port, ray://host:port or "
+                   "auto); default: a Ray instance started here")
 
 
 def validate_problem(args: argparse.Namespace) -> None:
@@ -121,7 +125,7 @@ def prepare(args: argparse.Namespace,
     starting w, in that order, so that cheap mistakes are refused before the data loads.
     Nothing is written. ValueError (or DataUnavailableError) says what is wrong."""
     family = make_family(args.family, args.order)
-    if args.init not in INIT_PRESETS:
+    if args.init not in init_presets():
         w_from_file(family, args.init)  # a bad file is refused before the data loads
     out = check_output_dir(args.output_dir)
     saved = read_saved(out, family)

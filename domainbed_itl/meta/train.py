@@ -38,13 +38,14 @@ from tqdm import tqdm
 
 from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
-from domainbed.lib.cli import UsageError, command, print_error
+from domainbed.lib.cli import OneLineParser, UsageError, command, print_error
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.meta.guard import require_finite
 from domainbed_itl.meta.linear_solve import SOLVERS, parse_alpha
 from domainbed_itl.meta.outer import DomainSet, MetaConfig, make_domain_set
 from domainbed_itl.meta.plot import plot_learning_curve
 from domainbed_itl.meta.ray_backend import RayBackend, RaySplitRunner
+from domainbed_itl.meta.run_files import CHECKPOINT, CURVE, LEARNED, LOG
 from domainbed_itl.meta.run_settings import (
     Prepared,
     add_execution_arguments,
@@ -65,10 +66,6 @@ from domainbed_itl.meta.state import (
 from domainbed_itl.meta.surgery import METHODS
 from domainbed_itl.meta.trainer import MetaTrainer
 
-CHECKPOINT = "checkpoint.pt"
-LOG = "log.jsonl"
-LEARNED = "learned_loss.json"
-CURVE = "learning_curve.png"
 # What a checkpoint must hold to resume from.
 CHECKPOINT_KEYS = ("config", "w", "opt", "step", "lr_scale", "consecutive_skips", "rollback",
                    "records")
@@ -102,7 +99,7 @@ PROG = "domainbed_itl.meta.train"
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = MetaConfig()
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m domainbed_itl.meta.train",
         description="Meta-learn a loss function by implicit gradients (Gao et al., ICML 2022).",
     )

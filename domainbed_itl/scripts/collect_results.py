@@ -24,8 +24,10 @@ Tables 5 and 6 read deployment records instead (every `records.jsonl` under the 
 written by `scripts.deploy` or `compare_losses`): learned losses over their meta-training seeds
 against CE and the published ITL, with their paired differences always printed; model
 selection, --versus and --cd_diagram do not apply to them (`domainbed_itl.tables.deployment`).
-No records, an unknown table,
-records of the wrong kind or an impossible request: one line on stderr and exit status 2.
+An unknown table, records of the wrong kind or an impossible request: one line on stderr and
+exit status 2. Sweep directories that hold no record yet: one line and exit status 3
+(`NO_RECORDS`), so that a caller (the Makefile's table step) can tell jobs that have not
+finished from a request that cannot work.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import os
 import sys
 
 from domainbed.lib import reporting
-from domainbed.lib.cli import command
+from domainbed.lib.cli import OneLineParser, command, path_arg, print_error
 from domainbed.lib.query import Q
 from domainbed_itl.tables import critical_difference, deploy_records, order, selection
 from domainbed_itl.tables.deployment import table5, table6
@@ -62,15 +64,17 @@ TABLES = {
 }
 # Tables of deployment records (`scripts.deploy`), not of sweeps.
 DEPLOYMENT = {"5": table5, "6": table6}
+NO_RECORDS = 3  # exit status: the sweep directories exist and hold no record yet
 FORMATS = ("text", "markdown", "latex")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
+        prog="collect_results",
         description="Print one of the paper's tables (1, 2, 3, 4, 9, 10 from sweep "
         "directories; 5, 6 from deployment directories)"
     )
-    parser.add_argument("--input_dir", action="append", required=True,
+    parser.add_argument("--input_dir", action="append", required=True, type=path_arg,
                         help="a sweep directory; repeat to read several")
     parser.add_argument("--table", required=True, help="1, 2, 3, 4, 5, 6, 9 or 10")
     parser.add_argument("--selection", choices=sorted(selection.MULTI_SOURCE),
@@ -87,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class NoRecords(TableError):
+    """Sweep directories with no record in them: their jobs have not written any yet."""
+
+
 def load(input_dirs: list[str]) -> Q:
     records = []
     for path in input_dirs:
@@ -94,7 +102,7 @@ def load(input_dirs: list[str]) -> Q:
             raise TableError(f"no sweep directory at {path}")
         records.extend(reporting.load_records(path))
     if not records:
-        raise TableError(
+        raise NoRecords(
             f"no records in {', '.join(input_dirs)}: run the sweep first, or give the "
             "directory that holds its job directories"
         )
@@ -165,10 +173,14 @@ def run(args: argparse.Namespace) -> str:
     return output
 
 
-@command("collect_results", usage_errors=(TableError, OSError))
+@command("collect_results", usage_errors=(OSError,))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    output = run(args)
+    try:
+        output = run(args)
+    except NoRecords as err:
+        print_error("collect_results", str(err))
+        return NO_RECORDS
     sys.stdout.write(output)
     sys.stdout.flush()
     return 0

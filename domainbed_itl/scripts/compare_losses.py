@@ -37,16 +37,18 @@ from tqdm import tqdm
 
 from domainbed import datasets
 from domainbed.lib import atomic
-from domainbed.lib.cli import UsageError
+from domainbed.lib.cli import Failure, OneLineParser, UsageError, command, path_arg
+from domainbed.lib.output_dir import check_output_dir
 from domainbed.lib.precision import warn_if_bf16_is_slow
 from domainbed.lib.reporting import standard_error
+from domainbed.lib.run_dir import finished_records, refuse_other_arguments
 from domainbed.scripts import train as train_script
 from domainbed_itl.meta import deploy
 
 PROG = "compare_losses"
 
 
-class StepFailed(RuntimeError):
+class StepFailed(Failure):
     """A subprocess of the comparison exited with an error."""
 
 
@@ -119,21 +121,15 @@ def run(cmd: list[str], quiet: bool = False) -> None:
 def finished_record(directory: Path, argv: list[str]) -> dict | None:
     """The last record of a finished run made with exactly `argv`, None if the run is not
     finished; UsageError if the directory holds something else."""
-    if not (directory / "done").exists():
+    records = finished_records(directory)
+    if records is None:
         return None
-    try:
-        record = json.loads((directory / "results.jsonl").read_text().splitlines()[-1])
-        recorded = dict(record["args"])
-    except (OSError, UnicodeDecodeError, ValueError, IndexError, KeyError, TypeError) as err:
-        raise UsageError(f"{directory} is marked done but its results.jsonl is unreadable "
-                         f"({err}); delete {directory} to rerun it") from None
+    if not records:
+        raise UsageError(f"{directory} holds a finished run without records; delete the "
+                         "directory to run it again")
     requested = vars(train_script.build_parser().parse_args(argv))
-    differing = sorted(k for k in recorded.keys() | requested.keys()
-                       if k != "output_dir" and recorded.get(k) != requested.get(k))
-    if differing:
-        raise UsageError(f"{directory} holds a finished run with other arguments (differing: "
-                         f"{', '.join(differing)}); choose another --output_dir")
-    return record
+    refuse_other_arguments(records[-1]["args"], requested, str(directory), "a finished run")
+    return records[-1]
 
 
 def mean_se(values: list[float]) -> str:
@@ -226,9 +222,9 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--output_dir", required=True)
+    parser = OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", type=path_arg, default="data")
+    parser.add_argument("--output_dir", type=path_arg, required=True)
     parser.add_argument("--dataset", default="RotatedMNIST")
     parser.add_argument("--test_envs", type=int, nargs="+", default=[0])
     parser.add_argument("--trial_seeds", type=int, nargs="+", default=[0])
@@ -243,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate only at the last step and only the splits the table "
                         "reads (the test domain's in split, the others' out splits): about 3x "
                         "less evaluation, but the runs cannot serve DomainBed model selection")
-    parser.add_argument("--learned", action="append", default=[], metavar="NAME=FILE",
+    parser.add_argument("--learned", action="append", default=[], type=path_arg,
+                        metavar="NAME=FILE",
                         help="a learned_loss.json to deploy (Taylor with ERM_ITL, iSCE with "
                         "ERM_iSCE; repeatable)")
     parser.add_argument("--quiet", action="store_true", help="hide the runs' own stdout")
@@ -263,16 +260,12 @@ def entries(args: argparse.Namespace) -> list[Entry]:
     return rows
 
 
+@command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        print(compare(args, entries(args)))
-    except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 2
-    except StepFailed as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
+    rows = entries(args)
+    check_output_dir(args.output_dir)
+    print(compare(args, rows))
     return 0
 
 

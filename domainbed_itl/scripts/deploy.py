@@ -22,9 +22,8 @@ import sys
 from tqdm import tqdm
 
 from domainbed import datasets
-from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
-from domainbed.lib.cli import OneLineParser, UsageError, command
+from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
 from domainbed.lib.output_dir import check_output_dir, make_output_dir
 from domainbed_itl.losses.learned import presets
 from domainbed_itl.meta import data as meta_data
@@ -37,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=f"python -m domainbed_itl.scripts.{PROG}",
                       description=__doc__.split("\n\n")[0])
     d = deploy.MLPProtocol()
-    p.add_argument("--data_dir", default="data")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--data_dir", type=path_arg, default="data")
+    p.add_argument("--output_dir", type=path_arg, required=True)
     p.add_argument("--dataset", default="RotatedMNIST")
     p.add_argument("--test_envs", type=int, nargs="+", default=[0])
     p.add_argument("--trial_seeds", type=int, nargs="+", default=[0],
@@ -55,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=d.batch_size)
     p.add_argument("--hidden", type=int, nargs="+", default=list(d.hidden),
                    help="hidden widths of the MLP")
-    p.add_argument("--learned", action="append", default=[], metavar="LABEL=FILE_OR_PRESET",
+    p.add_argument("--learned", action="append", default=[], type=path_arg,
+                   metavar="LABEL=FILE_OR_PRESET",
                    help="a learned_loss.json or preset:<name> to deploy (repeatable); shipped "
                    f"presets: {', '.join(presets())}")
     p.add_argument("--no_baselines", action="store_true",
@@ -117,7 +117,7 @@ def run_pending(args: argparse.Namespace, protocol: deploy.MLPProtocol,
         done[record.run] = record
 
 
-@command(PROG, usage_errors=(ValueError, DataUnavailableError))
+@command(PROG, usage_errors=(ValueError,))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     protocol = deploy.MLPProtocol(args.steps, args.lr, args.batch_size, tuple(args.hidden),

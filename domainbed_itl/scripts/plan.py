@@ -19,11 +19,14 @@ import functools
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from domainbed import command_launchers, datasets
+from domainbed import datasets, launchers
 from domainbed.lib import joblock
+from domainbed.lib.cli import OneLineParser, command, path_arg
 from domainbed.scripts import sweep
 from domainbed.scripts.train import resolve_hparams
+from domainbed_itl.meta.run_files import LOG
 from domainbed_itl.scripts.sweep_single_source import single_source_args_list
 
 BUILDERS = {"multi_source": sweep.multi_source_args_list,
@@ -207,14 +210,14 @@ META_STEP_S = {
 
 def meta_main(argv: list[str]) -> int:
     """`plan meta_train --output_dir O --outer_steps N`: the outer steps left and their cost."""
-    parser = argparse.ArgumentParser(prog="plan meta_train")
-    parser.add_argument("--output_dir", required=True)
+    parser = OneLineParser(prog="plan meta_train")
+    parser.add_argument("--output_dir", type=path_arg, required=True)
     parser.add_argument("--outer_steps", type=int, default=200)
     parser.add_argument("--estimate_for", choices=["auto", *MACHINES], default="auto")
     parser.add_argument("--yes", action="store_true")
     args = parser.parse_args(argv)
     try:
-        with open(f"{args.output_dir}/log.jsonl") as handle:
+        with open(Path(args.output_dir) / LOG) as handle:
             done = sum(1 for line in handle if line.strip())
     except FileNotFoundError:
         done = 0
@@ -230,21 +233,16 @@ def meta_main(argv: list[str]) -> int:
     return 1
 
 
+@command("plan")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["meta_train"]:
         return meta_main(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        jobs = sweep.prepare(args, BUILDERS[args.kind])
-    except sweep.UsageError as err:
-        print(f"plan: {err}", file=sys.stderr)
-        return 2
+    args = build_parser().parse_args(argv)
+    jobs = sweep.prepare(args, BUILDERS[args.kind])
     machine = _machine(args.estimate_for)
     launching = sweep.to_launch(jobs, resume_incomplete=True)
-    launcher = command_launchers.REGISTRY[args.command_launcher]
-    dry_run = command_launchers.is_dry_run(launcher)
+    dry_run = launchers.REGISTRY[args.command_launcher].dry_run
     kind = args.kind.replace("_", "-")
     print(f"Plan: {kind} sweep in {args.output_dir}: {', '.join(args.algorithms)}; "
           f"{args.n_hparams - args.n_hparams_from} hyperparameter draws x {args.n_trials} trials"

@@ -23,7 +23,7 @@ import torch
 
 from domainbed.lib import atomic
 from domainbed.lib.cli import OneLineParser, UsageError, command
-from domainbed.lib.output_dir import OutputDirError, check_output_dir
+from domainbed.lib.output_dir import check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
 from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 
@@ -102,7 +102,7 @@ def plot(out: Path, omegas: list[list[float]], num_classes: int, points: int = 4
         plt.close(fig)
 
 
-@command("plot_losses", usage_errors=(OutputDirError,))
+@command("plot_losses")
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(prog="plot_losses", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("fig5_losses.png"))

@@ -27,6 +27,8 @@ from typing import Any
 import domainbed
 from domainbed_itl.public_hook import OUR_ENGINE
 
+PROG = "sweep_single_source"
+
 
 def single_source_test_envs(n_envs: int) -> list[list[int]]:
     """For each source environment, in order, every other environment: its test envs."""
@@ -93,7 +95,7 @@ DESCRIPTION = "Run a single-source DG sweep: each job trains on one environment,
 def public_parser() -> argparse.ArgumentParser:
     """The public DomainBed sweep's flags (it has no parser to import: its sweep parses in
     `__main__`), and `delete_all`."""
-    parser = argparse.ArgumentParser(prog="sweep_single_source", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     parser.add_argument("command", choices=["launch", "delete_incomplete", "delete_all"])
     parser.add_argument("--datasets", nargs="+", type=str, default=None)
     parser.add_argument("--algorithms", nargs="+", type=str, default=None)
@@ -161,7 +163,7 @@ def run_public(args: argparse.Namespace) -> int:
             raise ValueError(error)
         jobs = [Job(train_args, args.output_dir) for train_args in single_source_args_list(args)]
     except ValueError as err:
-        print(f"sweep_single_source: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     for job in jobs:
         print(job)
@@ -194,15 +196,26 @@ def run_public(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ entry point
 
 
-def main(argv: list[str] | None = None) -> int:
-    if not uses_our_engine():
-        return run_public(public_parser().parse_args(argv))
+def run_on_our_engine(argv: list[str] | None) -> int:
+    """The sweep on this project's engine: its parser, checks, launchers and resumption, with
+    the single-source job list."""
     from domainbed.scripts import sweep
 
     parser = sweep.build_parser()
-    parser.prog = "sweep_single_source"
+    parser.prog = PROG
     parser.description = DESCRIPTION
-    return sweep.main(argv, args_list_for=single_source_args_list, parser=parser)
+    return sweep.run_command(argv, parser, single_source_args_list)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """On this project's engine, `run_on_our_engine` under the engine's error convention
+    (`domainbed.lib.cli.command`, imported here: a public clone has none, and `run_public`
+    reports bad input in the same one-line form)."""
+    if not uses_our_engine():
+        return run_public(public_parser().parse_args(argv))
+    from domainbed.lib.cli import command
+
+    return command(PROG)(run_on_our_engine)(argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from domainbed.lib import reporting
-from domainbed.scripts.collect_results import format_mean
+from domainbed.lib.results_tables import format_mean
 
 DECIMALS = 1
 

@@ -152,12 +152,14 @@ def read_records_file(path: str) -> list[Run]:
 
 
 def records_files(root: str) -> list[str]:
-    """Every records.jsonl under `root`, hidden directories left out."""
+    """Every records.jsonl under `root` that is a regular file (a FIFO would block the
+    reader), hidden directories left out."""
     found = []
     for directory, subdirs, files in os.walk(root):
         subdirs[:] = sorted(name for name in subdirs if not name.startswith("."))
-        if RECORDS_FILE in files:
-            found.append(os.path.join(directory, RECORDS_FILE))
+        path = os.path.join(directory, RECORDS_FILE)
+        if RECORDS_FILE in files and os.path.isfile(path):
+            found.append(path)
     return found
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from domainbed.scripts.collect_results import format_mean
+from domainbed.lib.results_tables import format_mean
 from domainbed_itl.tables.deploy_records import CE, PUBLISHED_ITL, MetaRun, Run
 
 Column = tuple[str, int]  # (dataset, test environment)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from domainbed import datasets
-from domainbed.scripts.collect_results import PUBLIC_DATASET_ORDER
+from domainbed.lib.results_tables import PUBLIC_DATASET_ORDER
 from domainbed_itl.tables import order, paper
 from domainbed_itl.tables.cells import Cell
 from domainbed_itl.tables.deploy_records import CE, PUBLISHED_ITL, Block, Run, blocks

@@ -2,7 +2,9 @@
 
 Records do not say how many trials or hyperparameter seeds the sweep was launched with, so the
 grid is inferred per dataset: every trial seed seen for that dataset (any algorithm) x every
-hyperparameter seed seen x every test-environment set of the protocol. The protocol's sets are,
+hyperparameter seed seen x every test-environment set of the protocol, over the environments the
+dataset registry gives it (a record cannot add any: the reader skips one that reports another
+number, `domainbed.lib.reporting`). The protocol's sets are,
 multi-source, each single test environment, and each pair when any pair run of that dataset is
 present (a full sweep for leave-one-domain-out; `--single_test_envs` sweeps have none);
 single-source, "all environments but s" for every environment s. Sets seen in the data are added.
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterable
 from itertools import combinations
 from typing import Any
 
-from domainbed_itl.tables.kinds import env_count
+from domainbed import datasets
 
 Job = tuple[int, int, tuple[int, ...]]  # trial seed, hyperparameter seed, test environments
 
@@ -43,7 +45,6 @@ class JobGrid:
     def __init__(self, records: Iterable[dict[str, Any]], single_source: bool):
         present: dict[tuple[str, str], set[Job]] = defaultdict(set)
         trials, hparams, sets = defaultdict(set), defaultdict(set), defaultdict(set)
-        n_envs: dict[str, int] = defaultdict(int)
         for record in records:
             dataset, algorithm = record["args"]["dataset"], record["args"]["algorithm"]
             trial, hseed, test_envs = _job(record)
@@ -51,11 +52,11 @@ class JobGrid:
             trials[dataset].add(trial)
             hparams[dataset].add(hseed)
             sets[dataset].add(test_envs)
-            n_envs[dataset] = max(n_envs[dataset], env_count(record))
         self.expected: dict[str, set[Job]] = {}
         for dataset, seen in sets.items():
             with_pairs = any(len(test_envs) == 2 for test_envs in seen)
-            all_sets = seen | protocol_env_sets(n_envs[dataset], single_source, with_pairs)
+            n_envs = datasets.num_environments(dataset)
+            all_sets = seen | protocol_env_sets(n_envs, single_source, with_pairs)
             self.expected[dataset] = {
                 (trial, hseed, test_envs)
                 for trial in trials[dataset]

@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from domainbed.lib.cli import UsageError
+
 MULTI = "multi-source"
 SINGLE = "single-source"
 EITHER = "either"
 
 
-class TableError(Exception):
+class TableError(UsageError):
     """A request that cannot give a table; the CLI prints it on one line and exits with 2."""
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from domainbed.scripts.collect_results import PUBLIC_ALGORITHM_ORDER, PUBLIC_DATASET_ORDER
+from domainbed.lib.results_tables import PUBLIC_ALGORITHM_ORDER, PUBLIC_DATASET_ORDER
 
 _MULTI_SOURCE = ["ERM", "SagNet", "CORAL", "CDANN", "RSC", "ERM_ITL"]
 _SINGLE_SOURCE = ["ERM", "CORAL", "SagNet", "Mixup", "ERM_ITL"]

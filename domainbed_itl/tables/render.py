@@ -1,14 +1,16 @@
 """A table of the paper as text, Markdown or LaTeX, through DomainBed's `render_table`.
 
 Titles and notes go where each format keeps prose: a header line in text and Markdown (as
-DomainBed's tables), LaTeX comments around a tabular that can be pasted into a paper.
+DomainBed's tables), LaTeX comments around a tabular that can be pasted into a paper (each on
+one line, whatever names they quote, so that no part of them leaves the comment).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from domainbed.scripts.collect_results import render_table
+from domainbed.lib.latex import one_line
+from domainbed.lib.results_tables import render_table
 
 
 @dataclass
@@ -31,7 +33,7 @@ def _note_lines(notes: list[str], fmt: str) -> list[str]:
     if not notes:
         return []
     if fmt == "latex":
-        return [f"% {note}" for note in notes]
+        return [f"% {one_line(note)}" for note in notes]
     if fmt == "markdown":
         return ["", *(f"- {note}" for note in notes)]
     return ["", *notes]
@@ -49,6 +51,6 @@ def render(tables: list[Table], fmt: str) -> str:
             fmt,
         )
         if fmt == "latex":
-            body = [body[0], f"% {table.title}", *body[1:]]
+            body = [body[0], f"% {one_line(table.title)}", *body[1:]]
         lines += body + _note_lines(table.notes, fmt)
     return "\n".join(lines).lstrip("\n") + "\n"

@@ -19,7 +19,7 @@ from domainbed import datasets, model_selection
 from domainbed.lib import reporting
 from domainbed.lib.query import Q
 from domainbed_itl.tables.grid import JobGrid
-from domainbed_itl.tables.kinds import env_count, training_envs
+from domainbed_itl.tables.kinds import training_envs
 
 Key = Any  # a test environment (multi-source) or a (source, target) pair (single-source)
 
@@ -75,27 +75,19 @@ class Scores:
         return [key for group in self.domain_groups(dataset) for key in group.keys]
 
 
-def _env_names(dataset: str, n_envs: int) -> list[str]:
-    """The registered environment names, or env0, env1, ... for a dataset not registered here."""
-    if dataset in datasets.DATASETS:
-        names = list(datasets.get_dataset_class(dataset).ENVIRONMENTS)
-        if len(names) == n_envs:
-            return names
-    return [f"env{env}" for env in range(n_envs)]
-
-
 def _scores(records: Q, single_source: bool, name: str, accs: dict) -> Scores:
+    """The columns are the registry's environments: the reader keeps no record of a dataset
+    it does not know, nor one that reports another number of environments."""
     trials: dict[str, set[int]] = defaultdict(set)
-    n_envs: dict[str, int] = defaultdict(int)
     for record in records:
-        dataset = record["args"]["dataset"]
-        trials[dataset].add(record["args"]["trial_seed"])
-        n_envs[dataset] = max(n_envs[dataset], env_count(record))
+        trials[record["args"]["dataset"]].add(record["args"]["trial_seed"])
     return Scores(
         single_source=single_source,
         selection_name=name,
         accs=accs,
-        env_names={dataset: _env_names(dataset, count) for dataset, count in n_envs.items()},
+        env_names={
+            dataset: list(datasets.get_dataset_class(dataset).ENVIRONMENTS) for dataset in trials
+        },
         trials={dataset: sorted(seeds) for dataset, seeds in trials.items()},
         algorithms=list(records.select("args.algorithm").unique()),
         datasets=list(records.select("args.dataset").unique()),

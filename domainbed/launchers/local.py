@@ -1,0 +1,15 @@
+"""The `local` launcher: the commands on this machine, `max_parallel` at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from domainbed.launchers.base import register_launcher
+from domainbed.launchers.pool import run_pool
+
+
+@register_launcher("local", max_parallel=True)
+def local_launcher(commands: Sequence[str], max_parallel: int = 1) -> list[str]:
+    """Run the commands on this machine, `max_parallel` at a time (default: one after another);
+    the commands that failed."""
+    return run_pool(commands, [{} for _ in range(max_parallel)])
