@@ -42,10 +42,14 @@ META_EXTRA ?=
 DEPLOY_EXTRA ?=
 COLLECT_FLAGS ?= --compare_paper
 
-export PYTHON PY DATA_DIR OUT_DIR LAUNCHER N_HPARAMS N_TRIALS STEPS MAX_PARALLEL DATASETS \
+SETTINGS := PYTHON PY DATA_DIR OUT_DIR LAUNCHER N_HPARAMS N_TRIALS STEPS MAX_PARALLEL DATASETS \
 	ALGORITHMS YES META_STEPS META_SEEDS ORDERS DEPLOY DEPLOY_TRIALS META_EXTRA DEPLOY_EXTRA \
-	COLLECT_FLAGS
+	COLLECT_FLAGS OUT_ROOT
+export $(SETTINGS)
 export OUT_ROOT = $(OUT_DIR)
+# The tests run without these settings in their environment, so that the launch files they
+# run read their own defaults, as they do for a user outside make.
+PYTEST = env $(addprefix -u ,$(SETTINGS)) "$$PY" -m pytest -q
 
 .PHONY: venv demo test test-slurm test-all lint bench clean data meta-train reproduce fig2 \
 	table1 table2 table3 table4 table9 table10 table5 table6 fig3 fig6 sweep-table1 sweep-table2 sweep-table3 sweep-table4
@@ -65,14 +69,14 @@ demo: $(STAMP)
 	"$$PY" -m domainbed_itl.scripts.demo --data_dir "$$DATA_DIR" --output_dir "$$OUT_DIR/demo"
 
 test: $(STAMP)
-	"$$PY" -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # The slurm launcher's tests on a real one-node Slurm (scripts/slurm_local.sh, root; about 3 min).
 test-slurm: $(STAMP)
-	trap 'scripts/slurm_local.sh down' EXIT; "$$PY" -m pytest -q -m slow tests/domainbed/launchers/test_launcher_slurm.py
+	trap 'scripts/slurm_local.sh down' EXIT; $(PYTEST) -m slow tests/domainbed/launchers/test_launcher_slurm.py
 
 test-all: $(STAMP)
-	"$$PY" -m pytest -q tests
+	$(PYTEST) tests
 
 lint: $(STAMP)
 	"$$PY" -m ruff check domainbed domainbed_itl tests benchmarks sweeps

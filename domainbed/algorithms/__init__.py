@@ -17,7 +17,7 @@ import sys
 from importlib.metadata import entry_points
 
 from domainbed.algorithms.base import Algorithm
-from domainbed.lib.registry import Registry
+from domainbed.lib.registry import Registry, register_by_class_name
 
 ALGORITHMS: list[str] = []
 _CLASSES: Registry[type[Algorithm]] = Registry("algorithm")
@@ -26,12 +26,7 @@ _CLASSES: Registry[type[Algorithm]] = Registry("algorithm")
 def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     """Class decorator: make `cls` reachable by its class name (refused if another class
     holds that name)."""
-    name = cls.__name__
-    _CLASSES[name] = cls
-    if name not in ALGORITHMS:
-        ALGORITHMS.append(name)
-    setattr(sys.modules[__name__], name, cls)
-    return cls
+    return register_by_class_name(_CLASSES, ALGORITHMS, __name__, cls)
 
 
 def get_algorithm_class(algorithm_name: str) -> type[Algorithm]:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-import sys
 
 from domainbed.datasets.base import MultipleDomainDataset
 from domainbed.lib.hparam_space import SMALL_IMAGES
-from domainbed.lib.registry import Registry
+from domainbed.lib.registry import Registry, register_by_class_name
 
 DATASETS: list[str] = []
 _CLASSES: Registry[type[MultipleDomainDataset]] = Registry("dataset")
@@ -21,14 +20,9 @@ def register_dataset(cls: type[MultipleDomainDataset]) -> type[MultipleDomainDat
     """Class decorator: make `cls` reachable by its class name (refused if another class
     holds that name), with small-image hyperparameters when its SMALL_IMAGES says so, so a
     dataset is added by its own module alone."""
-    name = cls.__name__
-    _CLASSES[name] = cls
     if cls.SMALL_IMAGES:
-        SMALL_IMAGES.add(name)
-    if name not in DATASETS:
-        DATASETS.append(name)
-    setattr(sys.modules[__name__], name, cls)
-    return cls
+        SMALL_IMAGES.add(cls.__name__)
+    return register_by_class_name(_CLASSES, DATASETS, __name__, cls)
 
 
 def get_dataset_class(dataset_name: str) -> type[MultipleDomainDataset]:

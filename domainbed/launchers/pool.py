@@ -20,6 +20,8 @@ from domainbed.launchers.processes import (
     stop_on_termination,
     tail_of_handle,
 )
+from domainbed.lib.fast_data_loader import available_cores
+from domainbed.lib.fast_path import LOADER_WORKERS_ENV
 
 _POLL_S = 0.2
 
@@ -30,6 +32,13 @@ class _Running:
     process: subprocess.Popen
     stderr: IO[bytes]
     slot: int
+
+
+def slot_environments(slot_envs: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """`slot_envs`, each given an equal share (at least one) of this process's cores as its
+    jobs' default number of data-loader workers."""
+    share = str(max(1, available_cores() // max(1, len(slot_envs))))
+    return [{**env, LOADER_WORKERS_ENV: share} for env in slot_envs]
 
 
 def run_pool(commands: Sequence[str], slot_envs: Sequence[dict[str, str]]) -> list[str]:

@@ -21,6 +21,7 @@ CUDA graphs, which pays for launch-bound models such as the MNIST CNN).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,10 @@ from torch.utils.data import TensorDataset
 
 from domainbed.datasets.base import MultipleDomainDataset
 from domainbed.lib.fast_data_loader import available_cores
+
+# Set by the local and multi_gpu launchers to each job's share of the machine's cores, so that
+# jobs sharing a machine do not each start a loader worker per core.
+LOADER_WORKERS_ENV = "DOMAINBED_LOADER_WORKERS"
 
 # The plain path's evaluation batch, the public DomainBed's; larger batches were not faster on
 # the project's 2-core CPU.
@@ -77,7 +82,8 @@ def resolve(device: str, dataset: MultipleDomainDataset, enabled: bool = True,
         eval_batch_size = (CUDA_EVAL_BATCH_SIZE["tensors" if tensors else "files"]
                            if fast_cuda else PLAIN_EVAL_BATCH_SIZE)
     if loader_workers is None and fast_cuda and not tensors:
-        loader_workers = available_cores()
+        shared = os.environ.get(LOADER_WORKERS_ENV, "")
+        loader_workers = int(shared) if shared.isdigit() else available_cores()
     image_input = tuple(dataset.input_shape[1:3]) == RESNET_INPUT
     return FastPath(
         device=device,

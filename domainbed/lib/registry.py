@@ -9,6 +9,7 @@ DomainBed, whose `domainbed` package has no `lib.registry`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, MutableMapping
 from typing import TypeVar
 
@@ -49,3 +50,14 @@ class Registry(MutableMapping[str, T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {list(self._items)})"
+
+
+def register_by_class_name(registry: Registry[T], names: list[str], module: str, cls: T) -> T:
+    """Register `cls` under its class name, list the name in `names` and make it an attribute
+    of `module`: the public DomainBed's algorithms and datasets are reached all three ways."""
+    name = cls.__name__
+    registry[name] = cls
+    if name not in names:
+        names.append(name)
+    setattr(sys.modules[module], name, cls)
+    return cls

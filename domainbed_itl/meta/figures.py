@@ -59,7 +59,7 @@ class Run:
 
     @property
     def order(self) -> int | None:
-        return self.config.get("order") if self.config.get("family") == "taylor" else None
+        return (self.config.get("family_spec") or {}).get("order")
 
 
 def find_runs(paths: Iterable[str]) -> list[Path]:

@@ -72,9 +72,9 @@ CHECKPOINT_KEYS = ("config", "w", "opt", "step", "lr_scale", "consecutive_skips"
 # Settings of this command that may change between the pieces of one resumed run (besides
 # run_settings.WHERE_IT_RUNS).
 OPERATIONAL = ("outer_steps", "device", "max_skips", "inner_batching", "cuda_graphs")
-# Settings added after runs had been saved: recorded only when not at their default, so those
-# checkpoints still resume.
-LATER_SETTINGS: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute",
+# Settings recorded in a run's configuration only when not at their default, so that a run saved
+# without them resumes, and a run with them is refused by a command that would ignore them.
+RECORDED_OFF_DEFAULT: dict[str, Any] = {"exclude_envs": [], "outer_step_scale": "absolute",
                                   "hypergrad_solver": "neumann", "cg_damping": 0.0,
                                   "cg_warm_start": False, "preset": "none"}
 
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             validate(args)
             backend = RayBackend(args.ray_address) if args.backend == "ray" else None
             run = prepare(args, _read_checkpoint)
-            config = run_config(args, run.family, run.w0, OPERATIONAL, LATER_SETTINGS)
+            config = run_config(args, run.family, run.w0, OPERATIONAL, RECORDED_OFF_DEFAULT)
             if run.saved is not None:
                 check_config(run.saved["config"], config)
             make_output_dir(run.out)

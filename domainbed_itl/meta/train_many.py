@@ -38,6 +38,7 @@ from domainbed.datasets.base import DataUnavailableError
 from domainbed.lib import atomic
 from domainbed.lib.cli import UsageError, command, print_error
 from domainbed.lib.output_dir import make_output_dir
+from domainbed_itl.losses.families import get_family
 from domainbed_itl.meta import train
 from domainbed_itl.meta.families import make_family
 from domainbed_itl.meta.outer import DomainSet, make_domain_set
@@ -78,8 +79,8 @@ def expand(args: argparse.Namespace) -> list[argparse.Namespace]:
         twice = sorted({v for v in given if given.count(v) > 1})
         if twice:
             raise UsageError(f"--{name} lists {', '.join(map(str, twice))} more than once")
-    if args.orders and args.family != "taylor":
-        raise UsageError(f"--orders applies to the Taylor family, not --family {args.family}")
+    if args.orders and get_family(args.family).order is None:
+        raise UsageError(f"--orders applies to a family with orders, not --family {args.family}")
     base = {k: v for k, v in vars(args).items() if k not in MANY}
     runs = []
     for dataset in values["datasets"]:
@@ -128,7 +129,7 @@ def _job(args: argparse.Namespace, cache: dict[tuple[str, int], DomainSet],
     """One run prepared and, if it has a checkpoint, resumed in memory; nothing written."""
     try:
         run = prepare(args, train._read_checkpoint)
-        config = run_config(args, run.family, run.w0, train.OPERATIONAL, train.LATER_SETTINGS)
+        config = run_config(args, run.family, run.w0, train.OPERATIONAL, train.RECORDED_OFF_DEFAULT)
         if run.saved is not None:
             check_config(run.saved["config"], config)
     except (ValueError, DataUnavailableError) as err:

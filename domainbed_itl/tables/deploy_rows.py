@@ -110,7 +110,7 @@ def describe(row: Row) -> str:
     """Where a learned row's losses come from, for the notes under a table."""
     meta = row.learned
     assert meta is not None
-    order = f" of order {meta.order}" if meta.family == "taylor" else ""
+    order = f" of order {meta.order}" if meta.order is not None else ""
     excluded = ("; ".join(f"without env {', '.join(map(str, envs))}" if envs
                           else "on every environment" for envs in sorted(row.excluded)))
     seeds = " ".join(str(seed) for seed in row.seeds)

@@ -185,12 +185,12 @@ def test_run_configs_of_older_runs_still_match_so_they_resume():
     args = train_module.build_parser().parse_args([*where, "--outer_steps", "7",
                                                    "--inner_batching", "batched"])
     config = run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
-                        train_module.LATER_SETTINGS)
+                        train_module.RECORDED_OFF_DEFAULT)
     assert config == OLDER_TRAIN_CONFIG
-    # A setting added later is recorded once it leaves its default.
+    # A setting of RECORDED_OFF_DEFAULT is recorded once it leaves its default.
     args.hypergrad_solver = "cg"
     assert run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
-                      train_module.LATER_SETTINGS) == {**OLDER_TRAIN_CONFIG,
+                      train_module.RECORDED_OFF_DEFAULT) == {**OLDER_TRAIN_CONFIG,
                                                        "hypergrad_solver": "cg"}
     args = cmaes_module.build_parser().parse_args([*where, "--budget", "10"])
     assert run_config(args, family, torch.zeros(12), cmaes_module.OPERATIONAL) == \

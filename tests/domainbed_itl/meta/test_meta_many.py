@@ -161,7 +161,7 @@ def test_killed_job_resumes_each_run_after_its_last_step(tmp_path, mnist_dir, pe
     (["--seeds", "0", "1", "0"], "--seeds lists 0 more than once"),
     (["--orders", "3", "7"], "Taylor order must be one of"),
     (["--datasets", "RotatedMNIST", "NoSuchMNIST"], "unknown --dataset 'NoSuchMNIST'"),
-    (["--family", "isce", "--orders", "2", "3"], "--orders applies to the Taylor family"),
+    (["--family", "isce", "--orders", "2", "3"], "--orders applies to a family with orders"),
     (["--seeds", "0", "1", "--inner_lr", "0.02"], "RotatedMNIST_order4_seed1: the output "
                                                   "directory holds a run with different"),
 ])
