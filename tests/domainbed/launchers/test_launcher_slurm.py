@@ -256,7 +256,7 @@ def test_unknown_partition_is_refused_before_any_job_directory(tmp_path, slurm_c
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2
     assert lines == [
-        "sweep: unknown Slurm partition 'nosuchpartition': set DOMAINBED_SLURM_PARTITION to "
+        "sweep: error: unknown Slurm partition 'nosuchpartition': set DOMAINBED_SLURM_PARTITION to "
         "one of debug"
     ]
     assert not root.exists()
