@@ -8,8 +8,8 @@ same splits, test domains and trial seeds. Each run is a real `domainbed.scripts
 subprocess in its own directory, so an interrupted comparison picks up where it stopped: finished
 runs are reused and a killed run resumes from its last checkpoint. Every finished run is also
 appended to `<output_dir>/records.jsonl` as a deployment record of protocol "domainbed", the
-format `scripts.deploy` writes for its MLP runs (`domainbed_itl.meta.deploy`), so one reader
-tabulates both.
+format `scripts.deploy` writes for its MLP runs (`domainbed_itl.deployment.records`), so one
+reader tabulates both.
 
 A run's directory is named by its row and a hash of its complete training arguments
 (`<row>/env<E>_trial<T>_<hash>`), as sweep jobs are: a rerun with another learned loss, other
@@ -43,7 +43,8 @@ from domainbed.lib.precision import warn_if_bf16_is_slow
 from domainbed.lib.reporting import standard_error
 from domainbed.lib.run_dir import finished_records, refuse_other_arguments
 from domainbed.scripts import train as train_script
-from domainbed_itl.meta import deploy
+from domainbed_itl.deployment.candidates import CE_LABEL, ITL_LABEL, learned_candidate
+from domainbed_itl.deployment.records import RECORDS, Record, append_record, read_records
 
 PROG = "compare_losses"
 
@@ -68,15 +69,15 @@ class Entry:
         return "".join(c if c.isalnum() or c in "-_" else "-" for c in self.name.lower())
 
 
-BASELINES = (Entry("ERM (cross-entropy)", "ERM", label=deploy.CE_LABEL),
-             Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL", label=deploy.ITL_LABEL))
+BASELINES = (Entry("ERM (cross-entropy)", "ERM", label=CE_LABEL),
+             Entry("ERM_ITL (published, Tab. 8)", "ERM_ITL", label=ITL_LABEL))
 
 
 def learned_entry(spec: str) -> Entry:
     """`NAME=FILE` or `NAME=preset:<name>` (or just the source) -> the entry that deploys the
     learned loss (ERM_ITL for a Taylor loss, ERM_iSCE for iSCE), checked now, so a bad file
     stops the comparison before its first run rather than after the baselines."""
-    c = deploy.learned_candidate(spec)
+    c = learned_candidate(spec)
     return Entry(f"{c.algorithm} ({c.label})", c.algorithm, c.hparams, c.label, c.meta)
 
 
@@ -176,11 +177,11 @@ def table(results: dict[tuple[str, int], list[dict]], entries: list[Entry],
 
 
 def deployment_record(entry: Entry, args: argparse.Namespace, test_env: int, trial: int,
-                      record: dict, seconds: float | None) -> deploy.Record:
+                      record: dict, seconds: float | None) -> Record:
     """A finished run as a deployment record: its last evaluation's test-domain `in` accuracy
     (what the table shows) and mean source-domain `out` accuracy; `seconds` None for a run
     found finished."""
-    return deploy.Record("domainbed", args.dataset, test_env, trial, entry.label,
+    return Record("domainbed", args.dataset, test_env, trial, entry.label,
                          entry.algorithm, entry.hparams or {}, entry.meta, args.steps,
                          {"seed": args.seed, "precision": args.precision},
                          record[f"env{test_env}_in_acc"],
@@ -192,8 +193,8 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
     run once in records.jsonl; return the table."""
     warn_if_bf16_is_slow(args.precision, PROG)
     out = Path(args.output_dir)
-    records_path = out / deploy.RECORDS
-    recorded = {r.key() for r in deploy.read_records(records_path)}
+    records_path = out / RECORDS
+    recorded = {r.key() for r in read_records(records_path)}
     jobs = [(entry, env, trial) for entry in entries for env in args.test_envs
             for trial in args.trial_seeds]
     results: dict[tuple[str, int], list[dict]] = {}
@@ -210,7 +211,7 @@ def compare(args: argparse.Namespace, entries: list[Entry]) -> str:
         results.setdefault((entry.name, env), []).append(record)
         deployed = deployment_record(entry, args, env, trial, record, seconds)
         if deployed.key() not in recorded:
-            deploy.append_record(records_path, deployed)
+            append_record(records_path, deployed)
             recorded.add(deployed.key())
     budget = (f"{args.dataset}, REDUCED BUDGET: {args.steps} ERM steps per run (DomainBed's is "
               f"5000), default hyperparameters, trial seeds {args.trial_seeds}, "

@@ -3,8 +3,9 @@
 Lays out MNIST offline, then deploys three losses on RotatedMNIST's 0-degree domain, which the
 shipped learned loss never saw during meta-training: cross-entropy, the published ITL (Table 8)
 and the shipped learned loss (`preset:rmnist-ift`), five trial seeds each, with the MLP
-protocol (`domainbed_itl.meta.deploy`: the meta-learner's own MLP and SGD, milliseconds a step;
-DomainBed's ERM costs about a second a step here, too slow for a comparison worth reading).
+protocol (`domainbed_itl.deployment.mlp_protocol`: the meta-learner's own MLP and SGD,
+milliseconds a step; DomainBed's ERM costs about a second a step here, too slow for a comparison
+worth reading).
 It ends with the test accuracies, mean ± standard error, and each loss's paired difference
 against cross-entropy. Every stage is a real subprocess of a public command line, so the demo
 doubles as a recipe, and a rerun reuses what a previous run finished.
@@ -27,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
+from domainbed_itl.deployment.mlp_protocol import MLPProtocol
 from domainbed_itl.meta.base_model import init_mlp
-from domainbed_itl.meta.deploy import MLPProtocol
 from domainbed_itl.meta.inner import train_inner
 from domainbed_itl.scripts.compare_losses import run
 

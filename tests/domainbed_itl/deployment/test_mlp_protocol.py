@@ -1,4 +1,4 @@
-"""The MLP deployment protocol (domainbed_itl.meta.deploy) and its command line
+"""The MLP deployment protocol (domainbed_itl.deployment) and its command line
 (domainbed_itl.scripts.deploy): paired runs on real MNIST domains, the records, the table, the
 rerun that trains only what is new, the refusal of other settings, and the provenance of
 learned losses."""
@@ -13,15 +13,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from domainbed_itl.deployment.candidates import CE_LABEL, ITL_LABEL, baselines, learned_candidate
+from domainbed_itl.deployment.mlp_protocol import MLPProtocol, Pool, make_task, train_and_score
 from domainbed_itl.losses.learned import LearnedLoss, preset_provenance
 from domainbed_itl.meta import cmaes as cmaes_module
-from domainbed_itl.meta import deploy
 from domainbed_itl.meta import train as meta_train
 from domainbed_itl.scripts import deploy as deploy_cli
 
 FORMAT = ["protocol", "dataset", "test_env", "trial_seed", "loss", "algorithm", "hparams",
           "meta", "steps", "settings", "test_acc", "source_acc", "seconds"]
-SMALL = deploy.MLPProtocol(steps=40, hidden=(32,))
+SMALL = MLPProtocol(steps=40, hidden=(32,))
 TINY_META = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eval_examples",
              "50", "--threads", "1"]
 
@@ -29,7 +30,7 @@ TINY_META = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eva
 @pytest.fixture(scope="module")
 def pool(rmnist):
     domains, num_classes = rmnist
-    return deploy.Pool.of(domains, num_classes)
+    return Pool.of(domains, num_classes)
 
 
 def _spy(loss_fn, calls):
@@ -40,41 +41,41 @@ def _spy(loss_fn, calls):
 
 
 def test_every_loss_starts_from_the_same_model_and_sees_the_same_batches(pool):
-    task = deploy.make_task(pool, 0, 3)
+    task = make_task(pool, 0, 3)
     seen = {}
-    for candidate in deploy.baselines():
+    for candidate in baselines():
         calls = seen[candidate.label] = []
-        deploy.train_and_score(pool, task, _spy(candidate.loss_fn(), calls), SMALL)
-    ce, itl = seen[deploy.CE_LABEL], seen[deploy.ITL_LABEL]
+        train_and_score(pool, task, _spy(candidate.loss_fn(), calls), SMALL)
+    ce, itl = seen[CE_LABEL], seen[ITL_LABEL]
     assert len(ce) == len(itl) == SMALL.steps
     assert all(torch.equal(a[1], b[1]) for a, b in zip(ce, itl, strict=True))  # same batches
     assert torch.equal(ce[0][0], itl[0][0])  # same initial model
     assert not torch.equal(ce[-1][0], itl[-1][0])  # then each loss trains its own way
     other = []
-    deploy.train_and_score(pool, deploy.make_task(pool, 0, 4), _spy(F.cross_entropy, other),
+    train_and_score(pool, make_task(pool, 0, 4), _spy(F.cross_entropy, other),
                            SMALL)
     assert not torch.equal(other[0][0], ce[0][0])  # another trial seed, another model
 
 
 def test_a_run_is_deterministic_and_its_curve_ends_where_the_run_does(pool):
-    task = deploy.make_task(pool, 5, 0)
-    (once,) = deploy.train_and_score(pool, task, F.cross_entropy, SMALL)
-    (again,) = deploy.train_and_score(pool, task, F.cross_entropy, SMALL)
+    task = make_task(pool, 5, 0)
+    (once,) = train_and_score(pool, task, F.cross_entropy, SMALL)
+    (again,) = train_and_score(pool, task, F.cross_entropy, SMALL)
     assert once == again and once.step == SMALL.steps and once.finite
-    curve = deploy.train_and_score(pool, task, F.cross_entropy, SMALL, score_at=[20, 40])
+    curve = train_and_score(pool, task, F.cross_entropy, SMALL, score_at=[20, 40])
     assert [s.step for s in curve] == [20, 40] and curve[-1] == once
 
 
 def test_the_mlp_learns_the_real_domains(pool):
     """Real learning, not a shape check: 300 CE steps of the small MLP are far above chance (10%)
     on the sources' held-out images and on the unseen 0 degrees."""
-    (scores,) = deploy.train_and_score(pool, deploy.make_task(pool, 0, 0), F.cross_entropy,
-                                       deploy.MLPProtocol(steps=300, hidden=(32,)))
+    (scores,) = train_and_score(pool, make_task(pool, 0, 0), F.cross_entropy,
+                                       MLPProtocol(steps=300, hidden=(32,)))
     assert scores.source_acc > 0.35 and scores.test_acc > 0.2
 
 
 def test_a_task_splits_each_source_domain_by_the_trial_seed_and_tests_on_a_whole_domain(pool):
-    task = deploy.make_task(pool, 2, 0)
+    task = make_task(pool, 2, 0)
     start, end = pool.blocks[2]
     assert torch.equal(task.test_rows, torch.arange(start, end))
     held_out = torch.cat(task.source_out_rows)
@@ -82,11 +83,11 @@ def test_a_task_splits_each_source_domain_by_the_trial_seed_and_tests_on_a_whole
     assert torch.equal(torch.cat([task.train_rows, held_out]).sort().values, sources)
     assert [len(r) for r in task.source_out_rows] == [
         int((b - a) * 0.2) for d, (a, b) in enumerate(pool.blocks) if d != 2]
-    other = deploy.make_task(pool, 2, 1)
+    other = make_task(pool, 2, 1)
     assert not torch.equal(other.source_out_rows[0].sort().values,
                            task.source_out_rows[0].sort().values)
     with pytest.raises(ValueError, match="test env 6 out of range"):
-        deploy.make_task(pool, 6, 0)
+        make_task(pool, 6, 0)
 
 
 def _records(out):
@@ -210,14 +211,14 @@ def test_a_learned_file_names_the_meta_training_run_it_comes_from(tmp_path, mnis
     assert cmaes_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(cma), *TINY_META,
                               "--family", "isce", "--exclude_envs", "0", "5", "--popsize", "3",
                               "--budget", "24"]) == 0
-    ift_meta = deploy.learned_candidate(f"x={ift / 'learned_loss.json'}").meta
+    ift_meta = learned_candidate(f"x={ift / 'learned_loss.json'}").meta
     assert ift_meta == {"dataset": "RotatedMNIST", "seed": 0, "exclude_envs": [0],
                         "family": "taylor", "order": 4, "outer_steps": 2, "run_dir": str(ift)}
-    cma_meta = deploy.learned_candidate(f"x={cma / 'learned_loss.json'}").meta
+    cma_meta = learned_candidate(f"x={cma / 'learned_loss.json'}").meta
     assert cma_meta == {"dataset": "RotatedMNIST", "seed": 0, "exclude_envs": [0, 5],
                         "family": "isce", "order": None, "outer_steps": 2, "run_dir": str(cma)}
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(ift / "learned_loss.json", alone)
-    candidate = deploy.learned_candidate(str(alone / "learned_loss.json"))
+    candidate = learned_candidate(str(alone / "learned_loss.json"))
     assert candidate.meta is None and candidate.label == "alone"
