@@ -2,7 +2,7 @@
 # Each creates .venv when it is missing and installs the project with its pinned dependencies.
 #
 # The paper's reproduction: docs/reproduce.md maps each table and figure to its launch file in
-# sweeps/, its target here and its collect_results flags, and lists the variables of a reduced run.
+# sweeps/, its target here and its paper_tables flags, and lists the variables of a reduced run.
 #   make data                       MNIST offline; DATASETS="PACS VLCS ..." downloads others
 #   make meta-train                 the paper's 200 outer steps on RotatedMNIST (--preset paper)
 #   make table1 table2 table3 table4 table9 table10 fig2   the DomainBed sweeps
@@ -11,7 +11,7 @@
 # The sweeps and meta-train print their plan (jobs or outer steps, estimated cost) and ask
 # (YES=1: do not ask); every stage runs what is missing, resumes what was interrupted, then
 # prints its table beside the paper's.
-# A table step fails make when collect_results fails; it only notes "No Table N yet" when the
+# A table step fails make when paper_tables fails; it only notes "No Table N yet" when the
 # sweep's jobs have written no record yet. LAUNCHER=dummy is a dry run of every stage, data and
 # meta-training included: plans and commands printed, nothing downloaded, trained or written.
 #
@@ -71,9 +71,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PYTEST) -m "not slow" tests
 
-# The slurm launcher's tests on a real one-node Slurm (scripts/slurm_local.sh, root; about 3 min).
+# The slurm launcher's tests on a real one-node Slurm (tools/slurm_local.sh, root; about 3 min).
 test-slurm: $(STAMP)
-	trap 'scripts/slurm_local.sh down' EXIT; $(PYTEST) -m slow tests/domainbed/launchers/test_launcher_slurm.py
+	trap 'tools/slurm_local.sh down' EXIT; $(PYTEST) -m slow tests/domainbed/launchers/test_launcher_slurm.py
 
 test-all: $(STAMP)
 	$(PYTEST) tests

@@ -16,7 +16,7 @@ One inner SGD step of the functional MLP is also compared with the same MLP as a
 headed by the command line and the machine.
 
 `--runs 1 3` adds seconds per outer step of several independent runs (seeds 0, 1, ...; each
-on its own seed's data) advanced together as `meta.train_many` does (`trainer.RunGroups`),
+on its own seed's data) advanced together as `meta_train_many` does (`trainer.RunGroups`),
 per path: on the batched path the runs' splits form one stack, on the sequential path each run
 steps on its own. Small settings for a CPU:
 
@@ -197,7 +197,7 @@ def time_runs(n_runs: int, path: str, args: argparse.Namespace, cfg: MetaConfig,
 
 def runs_table(args: argparse.Namespace, cfg: MetaConfig, family, device: torch.device,
                sync: Callable[[], None]) -> list[str]:
-    lines = ["", f"Several runs advanced together (meta.train_many), seconds per outer step of "
+    lines = ["", f"Several runs advanced together (meta_train_many), seconds per outer step of "
              f"all runs ({cfg.inner_steps} inner steps, MLP {cfg.hidden}; mean of "
              f"{max(args.outer_steps - 1, 1)} step(s)):", "",
              f"| path | runs | s per outer step | s per run and step | {PAPER_OUTER_STEPS} "

@@ -51,10 +51,10 @@ run_sweep() {
 # after its last outer step, deployment after its last finished run). LAUNCHER=dummy prints
 # every command and runs nothing; other launchers do not apply to them.
 # META_STEPS: outer steps (the paper's 200); META_SEEDS: meta-training seeds; META_ORDER: the
-# Taylor order; META_EXTRA: more meta.train flags (e.g. --device cuda); DEPLOY: mlp (the
+# Taylor order; META_EXTRA: more meta_train flags (e.g. --device cuda); DEPLOY: mlp (the
 # meta-learner's MLP, scripts.deploy) or domainbed (DomainBed's ERM, compare_losses); STEPS:
 # training steps per deployment run (each command's default when unset); DEPLOY_EXTRA: more
-# deployment flags; COLLECT_FLAGS: collect_results flags (default --compare_paper).
+# deployment flags; COLLECT_FLAGS: paper_tables flags (default --compare_paper).
 META_STEPS=${META_STEPS:-200}
 META_SEEDS=${META_SEEDS:-0 1 2 3 4}
 META_ORDER=${META_ORDER:-4}
@@ -90,14 +90,14 @@ stage() {
     fi
 }
 
-# meta_train OUT FLAG...: meta.train_many into OUT with the paper's settings, META_STEPS outer
+# meta_train OUT FLAG...: meta_train_many into OUT with the paper's settings, META_STEPS outer
 # steps, one run per order of META_ORDER and seed of META_SEEDS
 # (OUT/<dataset>_order<k>_seed<s>).
 meta_train() {
     local out=$1
     shift
     # shellcheck disable=SC2086  # META_ORDER, META_SEEDS and META_EXTRA are lists
-    stage "$PY" -m domainbed_itl.meta.train_many --data_dir "$DATA_DIR" --output_dir "$out" \
+    stage "$PY" -m domainbed_itl.scripts.meta_train_many --data_dir "$DATA_DIR" --output_dir "$out" \
         --preset paper --outer_steps "$META_STEPS" --orders $META_ORDER --seeds $META_SEEDS \
         "$@" ${META_EXTRA:-}
 }
@@ -127,13 +127,16 @@ deploy() {
     # shellcheck disable=SC2206  # DEPLOY_EXTRA is a list of flags
     flags+=(${DEPLOY_EXTRA:-})
     local module=domainbed_itl.scripts.deploy
-    [ "$DEPLOY" = domainbed ] && module=domainbed_itl.scripts.compare_losses
+    if [ "$DEPLOY" = domainbed ]; then
+        module=domainbed_itl.scripts.compare_losses  # its runs are sweep jobs: MAX_PARALLEL applies
+        if [ -n "${MAX_PARALLEL:-}" ]; then flags+=(--max_parallel "$MAX_PARALLEL"); fi
+    fi
     stage "$PY" -m "$module" "${flags[@]}"
 }
 
 # collect DIR TABLE: print a table from the deployment records under DIR.
 collect() {
     # shellcheck disable=SC2086  # COLLECT_FLAGS is a list of flags
-    stage "$PY" -m domainbed_itl.scripts.collect_results --input_dir "$1" --table "$2" \
+    stage "$PY" -m domainbed_itl.scripts.paper_tables --input_dir "$1" --table "$2" \
         $COLLECT_FLAGS
 }

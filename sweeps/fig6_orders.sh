@@ -9,4 +9,4 @@ check_meta_settings
 META_DIR="$OUT_ROOT/fig6/meta"
 # shellcheck disable=SC2086  # ORDERS is a list
 META_ORDER="${ORDERS:-2 3 4 5}" meta_train "$META_DIR" --datasets RotatedMNIST
-stage "$PY" -m domainbed_itl.meta.figures fig6 --runs "$META_DIR" --out "$OUT_ROOT/fig6.png"
+stage "$PY" -m domainbed_itl.scripts.meta_figures fig6 --runs "$META_DIR" --out "$OUT_ROOT/fig6.png"

@@ -10,7 +10,7 @@ yes=()
 if [ "${YES:-0}" = 1 ] || [ "$LAUNCHER" = dummy ]; then yes=(--yes); fi
 "$PY" -m domainbed_itl.scripts.plan meta_train --output_dir "$META_DIR" \
     --outer_steps "$META_STEPS" "${yes[@]}"
-stage "$PY" -m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir "$DATA_DIR" \
+stage "$PY" -m domainbed_itl.scripts.meta_train --dataset RotatedMNIST --data_dir "$DATA_DIR" \
     --output_dir "$META_DIR" --preset paper --outer_steps "$META_STEPS"
 if [ "$LAUNCHER" != dummy ]; then
     echo "Learned loss: $META_DIR/learned_loss.json (ERM_ITL's --hparams)"

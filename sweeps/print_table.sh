@@ -3,7 +3,7 @@
 # COLLECT_FLAGS and FLAG...; what each table target of the Makefile runs after its sweep.
 # A sweep whose jobs have written no record yet (a launcher that returns before its jobs end,
 # or jobs another launcher is running) is a note and exit status 0: run it again later. Any
-# other failure of collect_results is this script's failure. LAUNCHER=dummy ran no job, so
+# other failure of paper_tables is this script's failure. LAUNCHER=dummy ran no job, so
 # there is nothing to print.
 source "$(dirname "$0")/_common.sh"
 name=$1 table=$2
@@ -14,9 +14,9 @@ if [ "$LAUNCHER" = dummy ]; then
 fi
 status=0
 # shellcheck disable=SC2086  # COLLECT_FLAGS is a list of flags
-"$PY" -m domainbed_itl.scripts.collect_results --input_dir "$OUT_ROOT/$name" --table "$table" \
+"$PY" -m domainbed_itl.scripts.paper_tables --input_dir "$OUT_ROOT/$name" --table "$table" \
     $COLLECT_FLAGS "$@" || status=$?
-if [ "$status" = 3 ]; then  # collect_results: no record in the sweep directory yet
+if [ "$status" = 3 ]; then  # paper_tables: no record in the sweep directory yet
     echo "No Table $table yet: run make again once the jobs in $OUT_ROOT/$name have finished"
     exit 0
 fi

@@ -19,7 +19,7 @@ META_DIR="$OUT_ROOT/table5/meta"
 DEPLOY_DIR="$OUT_ROOT/table5/deploy"
 
 meta_train "$META_DIR" --datasets RotatedMNIST --exclude_envs 0
-stage "$PY" -m domainbed_itl.meta.figures fig3 --runs "$META_DIR" --out "$OUT_ROOT/fig3.png"
+stage "$PY" -m domainbed_itl.scripts.meta_figures fig3 --runs "$META_DIR" --out "$OUT_ROOT/fig3.png"
 [ "$COMMAND" = fig3 ] && exit 0
 
 specs=()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from domainbed.data.mnist import ensure_mnist
+from domainbed.downloads.mnist_files import ensure_mnist
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

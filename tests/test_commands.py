@@ -29,7 +29,8 @@ def command_modules() -> list[str]:
 
 def test_the_commands_are_found():
     modules = command_modules()
-    assert {"domainbed.scripts.train", "domainbed.scripts.sweep", "domainbed_itl.meta.train",
+    assert {"domainbed.scripts.train", "domainbed.scripts.sweep",
+            "domainbed_itl.scripts.meta_train",
             "domainbed_itl.scripts.compare_losses"} <= set(modules)
 
 

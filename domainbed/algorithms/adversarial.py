@@ -17,7 +17,7 @@ from torch import nn
 
 from domainbed import networks
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Algorithm, Minibatches, concat_minibatches
+from domainbed.algorithms.algorithm import Algorithm, Minibatches, concat_minibatches
 from domainbed.lib.hparam_space import (
     AT_LEAST_ONE,
     NON_NEGATIVE,

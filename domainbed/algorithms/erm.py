@@ -10,7 +10,7 @@ from torch import nn
 
 from domainbed import networks
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Algorithm, Minibatches, concat_minibatches
+from domainbed.algorithms.algorithm import Algorithm, Minibatches, concat_minibatches
 
 __all__ = ["ERM", "adam"]
 

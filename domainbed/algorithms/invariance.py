@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Minibatches
+from domainbed.algorithms.algorithm import Minibatches
 from domainbed.algorithms.erm import ERM, adam
 from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 

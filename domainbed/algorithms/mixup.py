@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Minibatches
+from domainbed.algorithms.algorithm import Minibatches
 from domainbed.algorithms.erm import ERM
 from domainbed.lib.hparam_space import POSITIVE, HParamSpace, register_hparams
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Minibatches, concat_minibatches
+from domainbed.algorithms.algorithm import Minibatches, concat_minibatches
 from domainbed.algorithms.erm import ERM
 from domainbed.lib.hparam_space import PROBABILITY, HParamSpace, register_hparams
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from domainbed import networks
 from domainbed.algorithms import register_algorithm
-from domainbed.algorithms.base import Algorithm, Minibatches, concat_minibatches
+from domainbed.algorithms.algorithm import Algorithm, Minibatches, concat_minibatches
 from domainbed.algorithms.erm import adam
 from domainbed.lib.hparam_space import NON_NEGATIVE, HParamSpace, register_hparams
 

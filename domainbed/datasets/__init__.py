@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.lib.hparam_space import SMALL_IMAGES
 from domainbed.lib.registry import Registry, register_by_class_name
 

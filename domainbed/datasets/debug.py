@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from domainbed.datasets import register_dataset
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 
 
 class _Noise(MultipleDomainDataset):

@@ -15,9 +15,9 @@ from PIL import Image, ImageFile
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from domainbed.data.layouts import LAYOUTS, FolderLayout, download_command
 from domainbed.datasets import register_dataset
-from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
+from domainbed.datasets.multiple_domain import DataUnavailableError, MultipleDomainDataset
+from domainbed.downloads.layouts import LAYOUTS, FolderLayout, download_command
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

@@ -16,10 +16,10 @@ import torch
 from torch.utils.data import TensorDataset
 from torchvision.datasets import MNIST
 
-from domainbed.data.integrity import CorruptFileError, verify_once
-from domainbed.data.mnist import RAW_FILES, raw_dir
 from domainbed.datasets import register_dataset
-from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
+from domainbed.datasets.multiple_domain import DataUnavailableError, MultipleDomainDataset
+from domainbed.downloads.integrity import CorruptFileError, verify_once
+from domainbed.downloads.mnist_files import RAW_FILES, raw_dir
 
 
 def load_mnist(root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from domainbed.data.layouts import LAYOUTS, download_command
 from domainbed.datasets import register_dataset
-from domainbed.datasets.base import DataUnavailableError, MultipleDomainDataset
 from domainbed.datasets.folders import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from domainbed.datasets.multiple_domain import DataUnavailableError, MultipleDomainDataset
+from domainbed.downloads.layouts import LAYOUTS, download_command
 
 
 def _wilds_train_transform() -> transforms.Compose:

@@ -19,7 +19,7 @@ import os
 import pkgutil
 from importlib.metadata import entry_points
 
-from domainbed.launchers.base import REGISTRY, Launcher, SettingError, register_launcher
+from domainbed.launchers.launcher import REGISTRY, Launcher, SettingError, register_launcher
 
 __all__ = ["REGISTRY", "Launcher", "SettingError", "register_launcher"]
 

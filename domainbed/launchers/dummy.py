@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from domainbed.launchers.base import register_launcher
+from domainbed.launchers.launcher import register_launcher
 
 
 @register_launcher("dummy", dry_run=True)

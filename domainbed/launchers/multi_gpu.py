@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from domainbed.launchers.base import SettingError, register_launcher, visible_gpus
+from domainbed.launchers.launcher import SettingError, register_launcher, visible_gpus
 from domainbed.launchers.pool import run_pool, slot_environments
 from domainbed.launchers.settings import env_number
 

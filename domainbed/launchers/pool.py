@@ -13,7 +13,7 @@ from typing import IO
 
 import tqdm
 
-from domainbed.launchers.base import Outcome, report, run_elsewhere
+from domainbed.launchers.launcher import Outcome, report, run_elsewhere
 from domainbed.launchers.processes import (
     start_shell,
     stop_groups,

@@ -33,7 +33,13 @@ from typing import Any
 
 import tqdm
 
-from domainbed.launchers.base import Outcome, SettingError, register_launcher, report, visible_gpus
+from domainbed.launchers.launcher import (
+    Outcome,
+    SettingError,
+    register_launcher,
+    report,
+    visible_gpus,
+)
 from domainbed.launchers.processes import (
     run_shell,
     stop_on_termination,

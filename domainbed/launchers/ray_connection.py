@@ -18,7 +18,7 @@ import os
 import socket
 from typing import Any
 
-from domainbed.launchers.base import SettingError
+from domainbed.launchers.launcher import SettingError
 
 CONNECT_TIMEOUT_S = 5.0
 _QUIET = {"log_to_driver": False, "logging_level": logging.WARNING}

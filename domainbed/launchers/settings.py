@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from domainbed.launchers.base import SettingError
+from domainbed.launchers.launcher import SettingError
 
 
 def env_number(environ: Mapping[str, str], name: str, default: float | None, kind: type,

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 
 import tqdm
 
-from domainbed.launchers.base import (
+from domainbed.launchers.launcher import (
     Outcome,
     SettingError,
     output_dir_of,
@@ -172,7 +172,7 @@ def _slurm_query(*args: str) -> str:
     except FileNotFoundError:
         raise SettingError(
             f"no Slurm here ({args[0]} not found): run the sweep where Slurm's commands are, "
-            "or start a one-node cluster with scripts/slurm_local.sh up"
+            "or start a one-node cluster with tools/slurm_local.sh up"
         ) from None
     except subprocess.TimeoutExpired:
         raise SettingError(f"Slurm did not answer `{' '.join(args)}` within 60 s") from None

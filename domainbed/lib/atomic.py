@@ -1,7 +1,7 @@
 """Files that appear whole or not at all, with the permissions a plain `open()` would give.
 
 A run can be killed at any instant (a preempted Slurm job, a full disk, Ctrl-C). Readers such as
-collect_results, the resume logic of train and meta.train, and the dataset loaders must never
+collect_results, the resume logic of train and meta_train, and the dataset loaders must never
 see a truncated `results.jsonl`, checkpoint or MNIST file, so every output of the project is
 written here: to a temporary file in the same directory, flushed to disk, optionally vetted by
 a `check`, and renamed over its final name (a rename within one file system is atomic).

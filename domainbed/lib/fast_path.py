@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.lib.fast_data_loader import available_cores
 
 # Set by the local and multi_gpu launchers to each job's share of the machine's cores, so that

@@ -13,8 +13,8 @@ import argparse
 import logging
 import sys
 
-from domainbed.data import http
-from domainbed.data.recipes import ALIASES, RECIPES, DownloadError
+from domainbed.downloads import http
+from domainbed.downloads.recipes import ALIASES, RECIPES, DownloadError
 from domainbed.lib.cli import OneLineParser, command, path_arg
 from domainbed.lib.output_dir import make_output_dir
 

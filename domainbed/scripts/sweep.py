@@ -18,125 +18,24 @@ script carries each on from its last checkpoint.
 from __future__ import annotations
 
 import argparse
-import copy
-import hashlib
 import json
-import os
-import random
-import shlex
-import shutil
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from domainbed import datasets, hparams_registry, launchers
-from domainbed.lib import joblock, run_dir
+from domainbed.lib import joblock
 from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
 from domainbed.lib.misc import seed_hash
 from domainbed.lib.output_dir import check_output_dir
-
-_TRASH_PREFIX = ".deleting-"
-
-NOT_LAUNCHED = "Not launched"
-INCOMPLETE = "Incomplete"
-DONE = "Done"
-
-
-class Job:
-    """One training run of a sweep: its arguments, directory, command line and state."""
-
-    NOT_LAUNCHED = NOT_LAUNCHED
-    INCOMPLETE = INCOMPLETE
-    DONE = DONE
-
-    def __init__(self, train_args: dict[str, Any], sweep_output_dir: str):
-        digest = hashlib.md5(json.dumps(train_args, sort_keys=True).encode("utf-8")).hexdigest()
-        self.output_dir = os.path.join(sweep_output_dir, digest)
-        self.train_args = copy.deepcopy(train_args)
-        self.train_args["output_dir"] = self.output_dir
-        self.command_str = " ".join(
-            [shlex.quote(sys.executable), "-m", "domainbed.scripts.train"]
-            + [f"--{key} {_cli_value(value)}" for key, value in sorted(self.train_args.items())]
-        )
-        self.state = _state_of(self.output_dir)
-
-    def __str__(self) -> str:
-        args = self.train_args
-        return (
-            f"{self.state}: {self.output_dir} ({args.get('dataset')}, {args.get('algorithm')}, "
-            f"test_envs={args.get('test_envs')}, hparams_seed={args.get('hparams_seed')}, "
-            f"trial_seed={args.get('trial_seed')})"
-        )
-
-    @staticmethod
-    def launch(
-        jobs: Sequence[Job],
-        launcher: launchers.Launcher | Callable[..., list[str] | None],
-        seed: int = 0,
-        **options: Any,
-    ) -> list[str] | None:
-        """Create the jobs' directories (unless the launcher is a dry run), then hand their
-        commands to the launcher: a registered `Launcher`, or any function of the commands, as
-        the public DomainBed's `Job.launch` takes.
-
-        The order is shuffled (seeded) so that a partial sweep covers every dataset and
-        algorithm a little rather than the first ones completely.
-        """
-        jobs = list(jobs)
-        random.Random(seed).shuffle(jobs)
-        if not (isinstance(launcher, launchers.Launcher) and launcher.dry_run):
-            for job in jobs:
-                os.makedirs(job.output_dir, exist_ok=True)
-        print(f"Launching {len(jobs)} jobs...")
-        failed = launcher([job.command_str for job in jobs], **options)
-        print(f"Launched {len(jobs)} jobs!")
-        return failed
-
-    @staticmethod
-    def delete(jobs: Sequence[Job]) -> list[Job]:
-        """Remove the jobs' directories, each at once: renamed to a hidden name, then deleted.
-        Returns the jobs left alone because a live process still runs them (their launcher
-        may have died without them).
-
-        A deletion killed halfway leaves a hidden directory that no reader looks at; the next
-        deletion in the same sweep directory finishes it.
-        """
-        parents, running = set(), []
-        for job in jobs:
-            with joblock.claimed(job.output_dir) as free:
-                if not free:
-                    running.append(job)
-                    print(f"Left alone, still running (pid@host "
-                          f"{joblock.holder(job.output_dir)}): {job.output_dir}")
-                    continue
-                parent, name = os.path.split(job.output_dir)
-                parents.add(parent)
-                trash = os.path.join(parent, f"{_TRASH_PREFIX}{name}-{uuid.uuid4().hex[:8]}")
-                os.replace(job.output_dir, trash)
-                shutil.rmtree(trash)
-        for parent in parents:
-            for leftover in os.listdir(parent):
-                if leftover.startswith(_TRASH_PREFIX):
-                    shutil.rmtree(os.path.join(parent, leftover), ignore_errors=True)
-        print(f"Deleted {len(jobs) - len(running)} jobs!")
-        return running
-
-
-def _cli_value(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(str(item) for item in value)
-    if isinstance(value, str):
-        return shlex.quote(value)
-    return str(value)
-
-
-def _state_of(output_dir: str) -> str:
-    if run_dir.is_done(output_dir):
-        return DONE
-    if os.path.exists(output_dir):
-        return INCOMPLETE
-    return NOT_LAUNCHED
+from domainbed.lib.sweep_jobs import (
+    DONE,
+    INCOMPLETE,
+    NOT_LAUNCHED,
+    Job,
+    check_launcher,
+    to_launch,
+)
 
 
 def all_test_env_combinations(n: int) -> Iterator[list[int]]:
@@ -289,17 +188,8 @@ def _check(args: argparse.Namespace) -> None:
     for name in args.algorithms:
         if name not in known_algorithms:
             raise UsageError(f"unknown algorithm {name!r} (known: {', '.join(known_algorithms)})")
-    if args.command_launcher not in launchers.REGISTRY:
-        raise UsageError(
-            f"unknown command launcher {args.command_launcher!r} "
-            f"(known: {', '.join(launchers.REGISTRY)})"
-        )
-    launcher = launchers.REGISTRY[args.command_launcher]
+    check_launcher(args.command_launcher, launcher_options(args), args.command == "launch")
     if args.command == "launch":
-        try:
-            launcher.check_settings()
-        except RuntimeError as err:
-            raise UsageError(str(err)) from None
         check_output_dir(args.output_dir)
     if args.n_trials < 1 or args.n_hparams <= args.n_hparams_from or args.n_hparams_from < 0:
         raise UsageError(
@@ -318,10 +208,6 @@ def _check(args: argparse.Namespace) -> None:
         if not isinstance(overrides, dict):
             raise UsageError("--hparams must be a JSON object, like '{\"lr\": 0.001}'")
         _check_overrides(overrides, args.algorithms, args.datasets)
-    try:
-        launcher.check_options(_launcher_options(args))
-    except ValueError as err:
-        raise UsageError(str(err)) from None
 
 
 def _check_overrides(
@@ -337,7 +223,7 @@ def _check_overrides(
                 raise UsageError(f"--hparams: {err}") from None
 
 
-def _launcher_options(args: argparse.Namespace) -> dict[str, Any]:
+def launcher_options(args: argparse.Namespace) -> dict[str, Any]:
     """The flags given that go to the launcher as keyword arguments of the same name."""
     options: dict[str, Any] = {}
     if args.max_parallel is not None:
@@ -412,18 +298,6 @@ def prepare(
     return [Job(train_args, args.output_dir) for train_args in args_list]
 
 
-def to_launch(jobs: Sequence[Job], resume_incomplete: bool) -> list[Job]:
-    """The jobs `launch` starts: those not launched, and with `resume_incomplete` the
-    incomplete ones that no live process runs."""
-    resumable = INCOMPLETE if resume_incomplete else None
-    return [
-        job
-        for job in jobs
-        if job.state == NOT_LAUNCHED
-        or (job.state == resumable and not joblock.is_running(job.output_dir))
-    ]
-
-
 def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_args_list) -> int:
     """Carry out one sweep command on already-parsed arguments; the exit status.
 
@@ -457,7 +331,7 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
             return 0
         launcher = launchers.REGISTRY[args.command_launcher]
         try:
-            failed = Job.launch(launching, launcher, seed=args.seed, **_launcher_options(args))
+            failed = Job.launch(launching, launcher, seed=args.seed, **launcher_options(args))
         except KeyboardInterrupt:
             print(
                 "Interrupted: unfinished jobs are incomplete; `delete_incomplete` then `launch` "

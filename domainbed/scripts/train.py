@@ -40,7 +40,7 @@ import torch
 import torchvision
 
 from domainbed import algorithms, datasets, hparams_registry
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.lib import (
     atomic,
     checkpoint,

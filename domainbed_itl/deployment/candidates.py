@@ -18,7 +18,7 @@ from domainbed_itl.losses.learned import (
     preset_name,
     preset_provenance,
 )
-from domainbed_itl.losses.taylor import ITL_OMEGA
+from domainbed_itl.losses.taylor_polynomial import ITL_OMEGA
 from domainbed_itl.meta.inner import LossFn
 from domainbed_itl.meta.run_files import CHECKPOINT, SEARCH_STATE
 from domainbed_itl.meta.state import CheckpointError, load_checkpoint
@@ -68,7 +68,7 @@ def learned_candidate(spec: str) -> Candidate:
 
 def meta_provenance(source: str, loss: LearnedLoss) -> dict[str, Any] | None:
     """The meta-training run behind a learned loss: a preset's shipped provenance, or the run
-    directory holding the file (meta.train's checkpoint.pt, meta.cmaes's state.json: outer
+    directory holding the file (meta_train's checkpoint.pt, meta_cmaes's state.json: outer
     steps or generations done); None when the file lies outside a meta-training run."""
     name = preset_name(source)
     if name is not None:

@@ -46,7 +46,7 @@ HOLDOUT_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class MLPProtocol:
-    """The settings of an MLP deployment; `seed` is the dataset seed (as in meta.train and
+    """The settings of an MLP deployment; `seed` is the dataset seed (as in meta_train and
     DomainBed's --seed: which images each environment gets), not the trial seed."""
 
     steps: int = DEFAULT_STEPS

@@ -14,8 +14,8 @@ from domainbed_itl.losses.baselines import (
     SymmetricCE,
     symmetric_ce,
 )
-from domainbed_itl.losses.registry import LOSSES, get_loss, register_loss
-from domainbed_itl.losses.taylor import (
+from domainbed_itl.losses.loss_registry import LOSSES, get_loss, register_loss
+from domainbed_itl.losses.taylor_polynomial import (
     ITL,
     ITL_OMEGA,
     TaylorLoss,

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from domainbed_itl.losses.registry import register_loss
-from domainbed_itl.losses.taylor import check_inputs, reduce_loss
+from domainbed_itl.losses.loss_registry import register_loss
+from domainbed_itl.losses.taylor_polynomial import check_inputs, reduce_loss
 
 # Wang et al. (2019) replace log 0 in the reverse cross-entropy by A = -4.
 RCE_LOG_ZERO = -4.0

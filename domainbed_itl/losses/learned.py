@@ -1,11 +1,10 @@
 """A learned loss as one value: its family, its order and its parameters, from meta-training to
 deployment.
 
-Meta-training (`domainbed_itl.meta.train`, `.cmaes`) writes it as `learned_loss.json`; the
-comparisons (`domainbed_itl.scripts.compare_losses`, `.deploy`), the plots and `--init` read it
-back. The
-file is the flat hyperparameter object that deploys it, exactly what `domainbed.scripts.train
---hparams` takes, so a user can paste it there unchanged:
+Meta-training (`domainbed_itl.scripts.meta_train`, `.meta_cmaes`) writes it as
+`learned_loss.json`; the comparisons (`domainbed_itl.scripts.compare_losses`, `.deploy`), the
+plots and `--init` read it back. The file is the flat hyperparameter object that deploys it,
+exactly what `domainbed.scripts.train --hparams` takes, so a user can paste it there unchanged:
 
     Taylor (order k):  {"itl_omega": [w0, w1, ...], "itl_order": k}   ("itl_order" omitted at 4)
     iSCE:              {"isce_alpha": a, "isce_beta": b}
@@ -33,8 +32,8 @@ from torch import nn
 from domainbed_itl.losses.families import FAMILIES, LearnedLossError, LossFamily, get_family
 from domainbed_itl.losses.probe import probe_problem
 
-ADVICE = ("give the learned_loss.json that domainbed_itl.meta.train or .cmaes wrote, or "
-          "preset:<name>")
+ADVICE = ("give the learned_loss.json that domainbed_itl.scripts.meta_train or .meta_cmaes "
+          "wrote, or preset:<name>")
 PRESET_PREFIX = "preset:"
 PROVENANCE_SUFFIX = ".provenance.json"
 

@@ -1,5 +1,5 @@
 """Meta-learning across workers: the independent pieces of one outer step (the leave-one-domain-out
-inner trainings of `meta.train`, the candidates of one CMA-ES generation) as parallel Ray tasks.
+inner trainings of `meta_train`, the candidates of one CMA-ES generation) as parallel Ray tasks.
 
 Each piece is a pure function of its arguments (every split draws from its own generator seeded
 by (seed, step, held-out domain), see `meta.splits`), so running it in another process gives the

@@ -1,4 +1,4 @@
-"""What the meta-learning command lines (`meta.train`, `meta.cmaes`) share: the arguments that
+"""What the meta-learning command lines (`meta_train`, `meta_cmaes`) share: the arguments that
 define the problem (dataset, loss family, base model, inner loop), where the work runs, the
 checks made before anything is loaded, the preparation of a run (family, output directory,
 data, starting w) and the configuration a resumed run must match.

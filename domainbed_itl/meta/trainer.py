@@ -6,10 +6,10 @@ hypergradients (PCGrad by default) and takes one optimiser step on w. A step who
 or hypergradients go non-finite is skipped and logged; the previous update is then rolled back
 and the outer learning rate halved, since the w it produced is what made training unstable. No
 non-finite w is ever kept. `state_dict` / `load_state_dict` carry everything a resumed run
-needs (the command line, `meta.train`, checkpoints them).
+needs (the command line, `meta_train`, checkpoints them).
 
 `RunGroups` advances several independent runs (other seeds, orders, datasets; the command
-line is `meta.train_many`) an outer step at a time. Runs that differ in their seed only train
+line is `meta_train_many`) an outer step at a time. Runs that differ in their seed only train
 their splits as one stack of models (`meta.batched.run_stack`) where the splits are batched
 anyway (on GPUs, or `inner_batching="batched"`); every other run steps on its own, exactly as
 alone. Each run keeps its own w, optimiser and guard rails, so one that diverges is skipped and

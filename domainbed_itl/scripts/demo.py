@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,11 +28,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
+from domainbed.lib.cli import Failure, OneLineParser, UsageError, command, path_arg
 from domainbed_itl.deployment.mlp_protocol import MLPProtocol
 from domainbed_itl.meta.base_model import init_mlp
 from domainbed_itl.meta.inner import train_inner
-from domainbed_itl.scripts.compare_losses import run
 
 PROG = "demo"
 PRESET = "rmnist-ift"
@@ -94,6 +94,14 @@ def closing_sentence(steps: int) -> str:
             "does not show how the losses fare with DomainBed's ERM (MNIST_CNN, Adam), and the "
             "shipped loss was meta-learned with the earlier Adam settings for 100 outer steps, "
             "not the paper preset's 200.")
+
+
+def run(cmd: list[str]) -> None:
+    """Run one step of the demo, echoing its command; Failure names it if it fails."""
+    print("$", " ".join(cmd), flush=True)
+    completed = subprocess.run(cmd)
+    if completed.returncode != 0:
+        raise Failure(f"a step failed (exit {completed.returncode}): {' '.join(cmd)}")
 
 
 @command(PROG)

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each fixes a run's initial weights, minibatches and source holdout, "
                    "the same for every loss")
     p.add_argument("--seed", type=int, default=d.seed,
-                   help="dataset seed (which images each environment gets), as meta.train's")
+                   help="dataset seed (which images each environment gets), as meta_train's")
     p.add_argument("--steps", type=int, default=d.steps,
                    help="SGD steps per run (default: where CE, ITL and a learned loss have "
                    "stopped improving on RotatedMNIST)")

@@ -196,8 +196,8 @@ def _machine(choice: str) -> str:
     return "h100" if torch.cuda.is_available() else "cpu"
 
 
-# Seconds per outer step of `domainbed_itl.meta.train --preset paper` on RotatedMNIST (six inner
-# loops of 1,000 steps), which `make meta-train` runs.
+# Seconds per outer step of `domainbed_itl.scripts.meta_train --preset paper` on RotatedMNIST
+# (six inner loops of 1,000 steps), which `make meta-train` runs.
 META_STEP_S = {
     "cpu": (78.0, "projected: 60-68 s measured per outer step of the preset on RotatedMNIST "
                   "without env 0 (five inner loops), under a load of about 5 on 2 cores, "

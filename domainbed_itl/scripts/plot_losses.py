@@ -10,7 +10,7 @@ drawn as they are.
     python -m domainbed_itl.scripts.plot_losses --out fig5.png [--omega w0 w1 ... w11] \
         [--learned out/meta/learned_loss.json]
 
-A learned loss (`--learned`, the learned_loss.json of meta.train or meta.cmaes) is drawn the
+A learned loss (`--learned`, the learned_loss.json of meta_train or meta_cmaes) is drawn the
 same way: normalised if it is a Taylor loss, as it is if it is iSCE.
 """
 
@@ -25,6 +25,7 @@ from domainbed.lib import atomic
 from domainbed.lib.cli import OneLineParser, UsageError, command
 from domainbed.lib.output_dir import check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
+from domainbed_itl.losses.families import get_family
 from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 
 MAX_ORDER = 8
@@ -62,11 +63,10 @@ def panels(omegas: list[list[float]], learned: list[tuple[Path, LearnedLoss]] = 
         loss = get_loss("taylor", omega=omega, order=order, reduction="none")
         shown.append((f"--omega #{i} (order {order}, normalised)", loss, True))
     for path, loss in learned:
-        # Taylor losses carry label-only offsets, so they are normalised like ITL.
-        taylor = loss.family == "taylor"
+        normalise = get_family(loss.family).label_offset
         label = path.parent.name or path.name
-        shown.append((f"{label} ({loss.describe()}{', normalised' if taylor else ''})",
-                      loss.module(reduction="none"), taylor))
+        shown.append((f"{label} ({loss.describe()}{', normalised' if normalise else ''})",
+                      loss.module(reduction="none"), normalise))
     return shown
 
 

@@ -3,5 +3,5 @@
 One module per concern: `kinds` tells multi- from single-source records, `selection` picks the
 reported run, `scores` holds the picked accuracies, `grid` counts missing jobs, `cells` formats
 mean +/- standard error, `layouts` arranges the paper's tables, `paper` reads the published
-figures, `critical_difference` draws Fig. 2. `domainbed_itl.scripts.collect_results` is the CLI.
+figures, `critical_difference` draws Fig. 2. `domainbed_itl.scripts.paper_tables` is the CLI.
 """

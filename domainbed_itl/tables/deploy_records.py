@@ -107,7 +107,7 @@ _META_FIELDS = {
     "order": (lambda v: v is None or is_int(v), "an integer or null"),
     "outer_steps": (is_int, "an integer"),
     "seed": (is_int, "an integer"),
-    # None: a meta-training run on every environment (meta.train records no empty list)
+    # None: a meta-training run on every environment (meta_train records no empty list)
     "exclude_envs": (lambda v: v is None or (isinstance(v, list) and all(map(is_int, v))),
                      "a list of integers or null"),
     "run_dir": (lambda v: isinstance(v, str), "a string"),

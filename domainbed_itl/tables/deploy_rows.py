@@ -23,10 +23,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from domainbed.lib.results_tables import format_mean
+from domainbed_itl.losses.families import FAMILIES
 from domainbed_itl.tables.deploy_records import CE, PUBLISHED_ITL, MetaRun, Run
 
 Column = tuple[str, int]  # (dataset, test environment)
-FAMILY_NAMES = {"taylor": "ITL-Net", "isce": "iSCE"}
+
+
+def family_name(name: str) -> str:
+    """How the tables name a loss learned in family `name` (records may name a family this
+    installation lacks: then its own name)."""
+    return FAMILIES[name].display_name if name in FAMILIES else name
+
+
+def deployed_by(name: str) -> str | None:
+    """The algorithm that deploys a loss learned in family `name` (None if not installed)."""
+    return FAMILIES[name].algorithm if name in FAMILIES else None
 
 
 @dataclass
@@ -103,7 +114,7 @@ def _missing(count: int) -> str:
 
 
 def label(meta: MetaRun) -> str:
-    return f"{FAMILY_NAMES.get(meta.family, meta.family)} ({meta.dataset})"
+    return f"{family_name(meta.family)} ({meta.dataset})"
 
 
 def describe(row: Row) -> str:
@@ -136,7 +147,7 @@ def _disambiguate(rows: list[Row]) -> None:
                 parts.append(f"order {meta.order}")
             if vary_steps:
                 parts.append(f"{meta.outer_steps} outer steps")
-            row.label = f"{FAMILY_NAMES.get(meta.family, meta.family)} ({', '.join(parts)})"
+            row.label = f"{family_name(meta.family)} ({', '.join(parts)})"
 
 
 def build_rows(runs: Iterable[Run]) -> tuple[list[Row], list[Row]]:

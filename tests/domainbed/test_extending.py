@@ -29,7 +29,7 @@ from torch.utils.data import TensorDataset
 from domainbed.algorithms import register_algorithm
 from domainbed.algorithms.erm import ERM
 from domainbed.datasets import register_dataset
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.lib.hparam_space import POSITIVE, HParamSpace, register_hparams
 
 

@@ -15,7 +15,7 @@ import os
 from importlib.metadata import entry_points
 
 from domainbed_itl.losses.checks import LearnedLossError
-from domainbed_itl.losses.families.base import HParam, LossFamily, Order, fresh
+from domainbed_itl.losses.families.family import HParam, LossFamily, Order, fresh
 
 FAMILIES: dict[str, LossFamily] = {}
 ENTRY_POINT_GROUP = "domainbed_itl.loss_families"

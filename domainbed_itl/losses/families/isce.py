@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from domainbed_itl.losses.baselines import symmetric_ce
-from domainbed_itl.losses.families.base import LossFamily
-from domainbed_itl.losses.registry import get_loss
+from domainbed_itl.losses.families.family import LossFamily
+from domainbed_itl.losses.loss_registry import get_loss
 
 ISCE = LossFamily(
     name="isce",
@@ -26,4 +26,5 @@ ISCE = LossFamily(
         "ce_like": lambda order, num_classes, generator: torch.tensor([1.0, 0.0]),
         "random": lambda order, num_classes, generator: torch.rand(2, generator=generator),
     },
+    table_name="iSCE",
 )

@@ -1,10 +1,10 @@
 """The Taylor family (Gao et al., ICML 2022, Eq. 8-10): the paper's ITL family, deployed by
 ERM_ITL and RSC_ITL and written as {"itl_omega": [w0, w1, ...], "itl_order": k}.
 
-w holds the two centres followed by the coefficients, ordered as domainbed_itl.losses.taylor
-does. Its starting points for meta-training are the paper's ITL (order 4), a small random w,
-and the members closest to cross-entropy (`ce_like`, `ce_bounded`), from which the first
-inner loops learn as they would with CE.
+w holds the two centres followed by the coefficients, ordered as
+domainbed_itl.losses.taylor_polynomial does. Its starting points for meta-training are the
+paper's ITL (order 4), a small random w, and the members closest to cross-entropy (`ce_like`,
+`ce_bounded`), from which the first inner loops learn as they would with CE.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from domainbed_itl.losses.families.base import LossFamily, Order
-from domainbed_itl.losses.registry import get_loss
-from domainbed_itl.losses.taylor import ITL_OMEGA, MIN_ORDER, n_taylor_params, taylor_loss
+from domainbed_itl.losses.families.family import LossFamily, Order
+from domainbed_itl.losses.loss_registry import get_loss
+from domainbed_itl.losses.taylor_polynomial import (
+    ITL_OMEGA,
+    MIN_ORDER,
+    n_taylor_params,
+    taylor_loss,
+)
 
 DEFAULT_ORDER = 4
 # ce_bounded keeps every |w_i| within Table 8's scale (its largest |w_i| is 2.02), so that the
@@ -114,4 +119,6 @@ TAYLOR = LossFamily(
         "itl": _itl_start,
     },
     order=Order("itl_order", DEFAULT_ORDER, MIN_ORDER, meta=(2, 3, 4, 5)),
+    table_name="ITL-Net",
+    label_offset=True,
 )

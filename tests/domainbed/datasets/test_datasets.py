@@ -12,10 +12,10 @@ from PIL import Image, ImageFile
 from torchvision.datasets import MNIST
 
 from domainbed import datasets
-from domainbed.data.layouts import LAYOUTS
-from domainbed.datasets.base import DataUnavailableError
 from domainbed.datasets.folders import load_rgb
 from domainbed.datasets.mnist import rotate_like_pil
+from domainbed.datasets.multiple_domain import DataUnavailableError
+from domainbed.downloads.layouts import LAYOUTS
 
 # Protocol constants of the public DomainBed: (environments, N_STEPS, CHECKPOINT_FREQ, N_WORKERS,
 # input shape).

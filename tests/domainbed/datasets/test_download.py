@@ -25,13 +25,13 @@ import pytest
 from PIL import Image
 from torchvision.datasets import MNIST
 
-from domainbed.data import integrity, recipes
-from domainbed.data import mnist as mnist_source
-from domainbed.data.layouts import LAYOUTS
-from domainbed.data.recipes import Fetch, Recipe, Rename
 from domainbed.datasets import get_dataset_class
-from domainbed.datasets.base import DataUnavailableError
 from domainbed.datasets.mnist import load_mnist
+from domainbed.datasets.multiple_domain import DataUnavailableError
+from domainbed.downloads import integrity, recipes
+from domainbed.downloads import mnist_files as mnist_source
+from domainbed.downloads.layouts import LAYOUTS
+from domainbed.downloads.recipes import Fetch, Recipe, Rename
 from domainbed.scripts import download
 
 # The canonical MD5 sums of the uncompressed MNIST files, independent of our conversion code.

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import Subset, TensorDataset
 
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.launchers import REGISTRY
-from domainbed.launchers.base import SettingError
+from domainbed.launchers.launcher import SettingError
 from domainbed.launchers.multi_gpu import multi_gpu_launcher
 from domainbed.lib import fast_path
 from domainbed.lib.fast_data_loader import available_cores

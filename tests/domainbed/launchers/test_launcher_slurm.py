@@ -1,4 +1,4 @@
-"""The `slurm` launcher on a real one-node Slurm cluster (scripts/slurm_local.sh up): real
+"""The `slurm` launcher on a real one-node Slurm cluster (tools/slurm_local.sh up): real
 sweeps submitted as job arrays through submitit, one job cancelled with `scancel`, one
 preempted with submitit's signal and one requeued by Slurm, each resumed job ending exactly as
 an uninterrupted run; no-wait submission that never submits a job twice; bad settings refused
@@ -28,7 +28,7 @@ from launcher_checks import (
     training_records,
 )
 
-from domainbed.launchers.base import report
+from domainbed.launchers.launcher import report
 from domainbed.launchers.slurm import (
     JOBS_RECORD,
     LOG_DIR_NAME,
@@ -62,7 +62,7 @@ TIMEOUT_S = 900
 
 @pytest.fixture(scope="module")
 def slurm_cluster() -> None:
-    script = REPO_ROOT / "scripts" / "slurm_local.sh"
+    script = REPO_ROOT / "tools" / "slurm_local.sh"
     result = subprocess.run([str(script), "up"], capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         pytest.fail(

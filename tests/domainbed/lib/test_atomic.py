@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from domainbed.data.integrity import CorruptFileError, FileSpec, verify
-from domainbed.data.mnist import RAW_FILES, from_wheel
+from domainbed.downloads.integrity import CorruptFileError, FileSpec, verify
+from domainbed.downloads.mnist_files import RAW_FILES, from_wheel
 from domainbed.lib import atomic
 
 
@@ -113,7 +113,8 @@ def test_train_and_meta_train_outputs_are_group_readable_under_umask_022(tmp_pat
     with umask(0o022):
         _run("domainbed.scripts.train", "--dataset", "Debug28", "--steps", "2",
              "--output_dir", str(train_out))
-        _run("domainbed_itl.meta.train", "--dataset", "Debug28", "--data_dir", str(tmp_path),
+        _run("domainbed_itl.scripts.meta_train", "--dataset", "Debug28", "--data_dir",
+             str(tmp_path),
              "--output_dir", str(meta_out), "--outer_steps", "1", "--hidden", "8",
              "--inner_steps", "2", "--hessian_batch", "8", "--val_batch", "8",
              "--eval_examples", "8", "--neumann_terms", "2", "--threads", "1")

@@ -26,8 +26,7 @@ from domainbed.scripts import sweep, train
 from domainbed_itl.losses import ITL_OMEGA
 from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError, presets
 from domainbed_itl.meta import state
-from domainbed_itl.meta import train as meta_train
-from domainbed_itl.scripts import compare_losses, deploy, sweep_single_source
+from domainbed_itl.scripts import compare_losses, deploy, meta_train, sweep_single_source
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 TRAIN = [sys.executable, "-m", "domainbed.scripts.train", "--dataset", "Debug28", "--steps", "2"]
@@ -162,7 +161,7 @@ COMMANDS = {
     "train": (train.main, ["--dataset", "Debug28", "--steps", "1"]),
     "sweep": (_sweep_main, SWEEP),
     "sweep_single_source": (sweep_single_source.main, SWEEP),
-    "meta.train": (meta_train.main, ["--data_dir", "data", "--outer_steps", "1"]),
+    "meta_train": (meta_train.main, ["--data_dir", "data", "--outer_steps", "1"]),
     "compare_losses": (compare_losses.main, ["--dataset", "Debug28", "--steps", "1"]),
     "deploy": (deploy.main, ["--steps", "1"]),
 }
@@ -204,14 +203,14 @@ def test_output_dir_without_write_permission_is_one_line(name, tmp_path, capsys)
 @needs_tmpfs
 @pytest.mark.parametrize("module", ["domainbed.scripts.train", "domainbed.scripts.sweep",
                                     "domainbed_itl.scripts.sweep_single_source",
-                                    "domainbed_itl.meta.train",
+                                    "domainbed_itl.scripts.meta_train",
                                     "domainbed_itl.scripts.compare_losses"])
 def test_output_dir_on_a_read_only_mount_is_one_line(module, tmp_path):
     mount = tmp_path / "ro"
     mount.mkdir()
     name = {"domainbed.scripts.train": "train", "domainbed.scripts.sweep": "sweep",
             "domainbed_itl.scripts.sweep_single_source": "sweep_single_source",
-            "domainbed_itl.meta.train": "meta.train",
+            "domainbed_itl.scripts.meta_train": "meta_train",
             "domainbed_itl.scripts.compare_losses": "compare_losses"}[module]
     out = mount / "run"
     done = _in_tmpfs(mount, "ro,size=100k", [sys.executable, "-m", module, *COMMANDS[name][1],

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from domainbed import algorithms, command_launchers, datasets
-from domainbed.algorithms.base import Algorithm
-from domainbed.datasets.base import MultipleDomainDataset
+from domainbed.algorithms.algorithm import Algorithm
+from domainbed.datasets.multiple_domain import MultipleDomainDataset
 from domainbed.lib.registry import DuplicateName, Registry
 from domainbed_itl.losses import ITL, LOSSES, register_loss
 

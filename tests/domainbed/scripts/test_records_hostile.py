@@ -16,7 +16,7 @@ from test_collect_results import EXPECTED_IID, N_RECORDS, write_fixture_sweep
 
 from domainbed.lib import joblock, latex, reporting
 from domainbed.scripts import collect_results as domainbed_collect
-from domainbed_itl.scripts import collect_results as itl_collect
+from domainbed_itl.scripts import paper_tables as itl_collect
 
 ITL_TABLE2 = ["--table", "2"]
 
@@ -175,10 +175,10 @@ def test_tables_5_and_6_skip_a_fifo_for_records(tmp_path):
     (tmp_path / "deploy").mkdir()
     os.mkfifo(tmp_path / "deploy" / "records.jsonl")
     result = subprocess.run(
-        [sys.executable, "-m", "domainbed_itl.scripts.collect_results", "--input_dir",
+        [sys.executable, "-m", "domainbed_itl.scripts.paper_tables", "--input_dir",
          str(tmp_path), "--table", "6"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.startswith("collect_results: error: no deployment records")
+    assert result.stderr.startswith("paper_tables: error: no deployment records")
 
 
 def _resume_command(out: Path, *extra: str) -> list[str]:

@@ -13,7 +13,7 @@ import torch
 
 from domainbed import hparams_registry
 from domainbed.algorithms import ALGORITHMS, get_algorithm_class
-from domainbed.algorithms.base import concat_minibatches
+from domainbed.algorithms.algorithm import concat_minibatches
 from domainbed.datasets import get_dataset_class
 from domainbed_itl.algorithms.variants import LOSS_CHOICES, VARIANTS
 from domainbed_itl.losses import ITL, ITL_OMEGA, TaylorLoss, get_loss

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from domainbed_itl.deployment.candidates import CE_LABEL, ITL_LABEL, baselines, learned_candidate
 from domainbed_itl.deployment.mlp_protocol import MLPProtocol, Pool, make_task, train_and_score
 from domainbed_itl.losses.learned import LearnedLoss, preset_provenance
-from domainbed_itl.meta import cmaes as cmaes_module
-from domainbed_itl.meta import train as meta_train
 from domainbed_itl.scripts import deploy as deploy_cli
+from domainbed_itl.scripts import meta_cmaes, meta_train
 
 FORMAT = ["protocol", "dataset", "test_env", "trial_seed", "loss", "algorithm", "hparams",
           "meta", "steps", "settings", "test_acc", "source_acc", "seconds"]
@@ -208,7 +207,7 @@ def test_a_learned_file_names_the_meta_training_run_it_comes_from(tmp_path, mnis
     assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(ift), *TINY_META,
                             "--hessian_batch", "32", "--neumann_terms", "2",
                             "--exclude_envs", "0", "--outer_steps", "2"]) == 0
-    assert cmaes_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(cma), *TINY_META,
+    assert meta_cmaes.main(["--data_dir", str(mnist_dir), "--output_dir", str(cma), *TINY_META,
                               "--family", "isce", "--exclude_envs", "0", "5", "--popsize", "3",
                               "--budget", "24"]) == 0
     ift_meta = learned_candidate(f"x={ift / 'learned_loss.json'}").meta

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import torch
 
 from domainbed import hparams_registry
 from domainbed_itl.algorithms.variants import VARIANTS
+from domainbed_itl.deployment import domainbed_protocol
+from domainbed_itl.deployment.candidates import learned_candidate
 from domainbed_itl.losses import ITL_OMEGA, n_taylor_params
 from domainbed_itl.losses.learned import (
     LearnedLoss,
@@ -24,9 +27,8 @@ from domainbed_itl.losses.learned import (
     preset_provenance,
     presets,
 )
-from domainbed_itl.meta import train as meta_train
 from domainbed_itl.meta.families import make_family
-from domainbed_itl.scripts import compare_losses, plot_losses
+from domainbed_itl.scripts import compare_losses, meta_train, plot_losses
 
 TINY = ["--hidden", "16", "--inner_steps", "5", "--hessian_batch", "32", "--val_batch", "64",
         "--eval_examples", "50", "--neumann_terms", "2", "--threads", "1"]
@@ -100,7 +102,7 @@ def test_a_malformed_file_is_one_clear_line_in_every_reader(tmp_path, capsys, co
     assert compare_losses.main(["--output_dir", str(out), "--learned", f"x={bad}"]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("compare_losses: error: ") and message in line
-    assert str(bad) in line and "learned_loss.json that domainbed_itl.meta" in line
+    assert str(bad) in line and "learned_loss.json that domainbed_itl.scripts.meta_train" in line
     assert not out.exists()
     png = tmp_path / "fig.png"
     assert plot_losses.main(["--out", str(png), "--learned", str(bad)]) == 2
@@ -122,8 +124,8 @@ def isce_learned(mnist_dir, tmp_path_factory):
 def test_an_isce_result_deploys_with_erm_isce_and_plots(isce_learned, tmp_path, capsys):
     learned = LearnedLoss.from_file(isce_learned)
     assert learned.family == "isce" and learned.parameters != (1.0, 0.0)  # w moved
-    entry = compare_losses.learned_entry(f"isce={isce_learned}")
-    assert (entry.name, entry.algorithm) == ("ERM_iSCE (isce)", "ERM_iSCE")
+    entry = learned_candidate(f"isce={isce_learned}")
+    assert (entry.label, entry.algorithm) == ("isce", "ERM_iSCE")
     assert entry.hparams == json.loads(isce_learned.read_text())
 
     # The whole comparison on a small real dataset: CE, published ITL and the learned iSCE.
@@ -132,9 +134,10 @@ def test_an_isce_result_deploys_with_erm_isce_and_plots(isce_learned, tmp_path, 
                                 "--test_envs", "0", "--steps", "2", "--quiet",
                                 "--learned", f"isce={isce_learned}"]) == 0
     report = capsys.readouterr().out
-    assert "| ERM_iSCE (isce) | " in report
-    (run,) = (out / "erm_isce--isce-").glob("env0_trial0_*")
-    record = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
+    assert "| isce | " in report
+    (record,) = [r for r in (json.loads(p.read_text().splitlines()[-1])
+                             for p in out.glob("*/results.jsonl"))
+                 if r["args"]["algorithm"] == "ERM_iSCE"]
     assert record["args"]["algorithm"] == "ERM_iSCE"
     assert (record["hparams"]["isce_alpha"], record["hparams"]["isce_beta"]) == \
         learned.parameters
@@ -147,14 +150,14 @@ def test_an_isce_result_deploys_with_erm_isce_and_plots(isce_learned, tmp_path, 
 @pytest.mark.slow
 def test_an_isce_result_trains_on_real_rotated_mnist(isce_learned, mnist_dir, tmp_path):
     """The train command compare_losses builds for the learned iSCE, on RotatedMNIST itself."""
-    entry = compare_losses.learned_entry(f"isce={isce_learned}")
+    entry = learned_candidate(f"isce={isce_learned}")
     args = compare_losses.build_parser().parse_args([
         "--output_dir", str(tmp_path), "--data_dir", str(mnist_dir), "--steps", "2"])
-    argv = compare_losses.train_arguments(entry, args, 0, 0)
-    run = compare_losses.run_dir(tmp_path, entry, argv, 0, 0)
-    subprocess.run(compare_losses.train_command(argv, run), check=True,
+    (run,) = domainbed_protocol.plan(args, [entry])
+    os.makedirs(run.job.output_dir)
+    subprocess.run(run.job.command_str, shell=True, check=True,
                    stdout=subprocess.DEVNULL, timeout=1800)
-    record = json.loads((run / "results.jsonl").read_text().splitlines()[-1])
+    record = json.loads(Path(run.job.output_dir, "results.jsonl").read_text().splitlines()[-1])
     assert record["args"]["dataset"] == "RotatedMNIST" and record["step"] == 1
     assert record["hparams"]["isce_alpha"] == LearnedLoss.from_file(isce_learned).parameters[0]
     assert all(0.0 <= record[f"env{e}_in_acc"] <= 1.0 for e in range(6))

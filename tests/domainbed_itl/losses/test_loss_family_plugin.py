@@ -1,5 +1,5 @@
 """A loss family added from outside the package, as one file: installed with an entry point of
-the `domainbed_itl.loss_families` group, it is meta-learned by `meta.train --family`, read back
+the `domainbed_itl.loss_families` group, it is meta-learned by `meta_train --family`, read back
 as a learned-loss file, and deployed by a two-step `train --hparams` of its own ERM_<suffix>.
 
 The plugin lives in a temporary directory on PYTHONPATH beside a dist-info folder naming its
@@ -72,7 +72,7 @@ def run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess:
 
 def test_a_family_from_one_file_is_meta_learned_and_deployed(plugin_env, mnist_dir, tmp_path):
     meta = tmp_path / "meta"
-    run(plugin_env, "-m", "domainbed_itl.meta.train", "--family", "tce", "--init", "random",
+    run(plugin_env, "-m", "domainbed_itl.scripts.meta_train", "--family", "tce", "--init", "random",
         "--data_dir", str(mnist_dir), "--output_dir", str(meta), "--surgery", "mean",
         "--outer_steps", "1", "--exclude_envs", "0", *TINY)
     learned = json.loads((meta / "learned_loss.json").read_text())
@@ -97,7 +97,8 @@ def test_a_family_from_one_file_is_meta_learned_and_deployed(plugin_env, mnist_d
 
 def test_a_family_is_refused_without_its_entry_point(tmp_path):
     """The same command without the plugin installed: a usage error naming the choices."""
-    done = subprocess.run([sys.executable, "-m", "domainbed_itl.meta.train", "--family", "tce",
+    done = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.meta_train",
+                           "--family", "tce",
                            "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2

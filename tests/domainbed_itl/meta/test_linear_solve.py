@@ -9,8 +9,13 @@ import argparse
 import pytest
 import torch
 
-from domainbed_itl.meta.check_hypergrad import PROBLEMS, Problem, hessian_spectrum, load_mnist_small
 from domainbed_itl.meta.hypergrad import exact_hypergradient, implicit_hypergradient
+from domainbed_itl.meta.hypergrad_study import (
+    PROBLEMS,
+    Problem,
+    hessian_spectrum,
+    load_mnist_small,
+)
 from domainbed_itl.meta.linear_solve import (
     MAX_RESTARTS,
     SolverSettings,

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from domainbed_itl.meta import data as meta_data
 from domainbed_itl.meta import outer as outer_module
-from domainbed_itl.meta import train as train_module
 from domainbed_itl.meta.base_model import init_mlp
 from domainbed_itl.meta.families import initial_w, make_family
 from domainbed_itl.meta.hypergrad import (
@@ -30,6 +29,7 @@ from domainbed_itl.meta.hypergrad import (
 from domainbed_itl.meta.inner import train_inner
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set
 from domainbed_itl.meta.trainer import MetaTrainer
+from domainbed_itl.scripts import meta_train
 
 TINY = ["--hidden", "32", "--inner_steps", "30", "--hessian_batch", "64", "--val_batch", "128",
         "--eval_examples", "200", "--neumann_terms", "3"]
@@ -232,7 +232,7 @@ def test_cli_stops_after_repeated_skips_without_writing_nonfinite_w(
     init = tmp_path / "huge.json"
     init.write_text(json.dumps({"itl_omega": [1e38] * 12}))
     out = tmp_path / "out"
-    code = train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), "--init",
+    code = meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), "--init",
                               str(init), "--outer_steps", "5", "--max_skips", "2", *TINY])
     assert code == 3
     assert "skipped" in capsys.readouterr().err
@@ -252,7 +252,7 @@ def test_one_outer_step_changes_w_and_writes_loadable_outputs(
     tmp_path, mnist_dir, cached_loader, capsys
 ):
     out = tmp_path / "run"
-    code = train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
+    code = meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                               "--outer_steps", "1", *TINY])
     assert code == 0
     learned = json.loads((out / "learned_loss.json").read_text())
@@ -271,11 +271,11 @@ def test_one_outer_step_changes_w_and_writes_loadable_outputs(
     leftovers = [out / ".checkpoint.pt.a1b2c3d4.tmp", out / ".learned_loss.json.c3e5f7a9.tmp"]
     for path in leftovers:
         path.write_bytes(b"half")
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                               "--outer_steps", "1", *TINY]) == 0
     assert len(_records(out)) == 1
     assert not any(path.exists() for path in leftovers)
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                               "--outer_steps", "2", "--inner_lr", "0.02", *TINY]) == 2
     assert "inner_lr: saved 0.01, now 0.02" in capsys.readouterr().err
 
@@ -285,14 +285,14 @@ def test_taylor_order_and_isce_families_run(tmp_path, mnist_dir, cached_loader):
                         (["--family", "isce", "--surgery", "mean", "--outer_optimizer", "sgd"],
                          {"isce_alpha", "isce_beta"})):
         out = tmp_path / "_".join(extra)
-        assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
+        assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out),
                                   "--outer_steps", "1", *TINY, *extra]) == 0
         assert set(json.loads((out / "learned_loss.json").read_text())) == keys
 
 
 def test_killed_run_resumes_at_next_outer_step(tmp_path, mnist_dir):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "domainbed_itl.meta.train", "--data_dir", str(mnist_dir),
+    cmd = [sys.executable, "-m", "domainbed_itl.scripts.meta_train", "--data_dir", str(mnist_dir),
            "--output_dir", str(out), "--outer_steps", "3", "--hidden", "128",
            "--inner_steps", "200", "--hessian_batch", "128", "--val_batch", "256",
            "--eval_examples", "300", "--threads", "1"]

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from domainbed_itl.meta import data as meta_data
-from domainbed_itl.meta import train as train_module
 from domainbed_itl.meta.base_model import init_mlp, model_view, stack_params
 from domainbed_itl.meta.device_loop import CapturedStep, CounterStep, train_stacked
 from domainbed_itl.meta.families import initial_w, make_family
@@ -17,6 +16,7 @@ from domainbed_itl.meta.inner import train_on_batches
 from domainbed_itl.meta.outer import MetaConfig, leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.splits import batching_for, start_split
 from domainbed_itl.meta.trainer import MetaTrainer
+from domainbed_itl.scripts import meta_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -152,23 +152,23 @@ def test_cli_solver_and_batching_flags(tmp_path, mnist_dir, rmnist, monkeypatch,
     tiny = ["--data_dir", str(mnist_dir), "--output_dir", str(out), "--hidden", "16",
             "--inner_steps", "5", "--hessian_batch", "32", "--val_batch", "64",
             "--eval_examples", "50", "--neumann_terms", "3"]
-    assert train_module.main([*tiny, "--outer_steps", "1", "--hypergrad_solver", "cg",
+    assert meta_train.main([*tiny, "--outer_steps", "1", "--hypergrad_solver", "cg",
                               "--cg_damping", "0.1", "--inner_batching", "batched"]) == 0
     record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert not record["skipped"] and record["neumann_alpha_min"] is None
     # The path is operational (same results): resuming on the other one is accepted ...
-    assert train_module.main([*tiny, "--outer_steps", "2", "--hypergrad_solver", "cg",
+    assert meta_train.main([*tiny, "--outer_steps", "2", "--hypergrad_solver", "cg",
                               "--cg_damping", "0.1", "--inner_batching", "sequential"]) == 0
     # ... the solver is not.
-    assert train_module.main([*tiny, "--outer_steps", "3"]) == 2
+    assert meta_train.main([*tiny, "--outer_steps", "3"]) == 2
     assert "hypergrad_solver: saved 'cg', now None" in capsys.readouterr().err
     auto = tmp_path / "auto"
-    assert train_module.main([*tiny[:2], "--output_dir", str(auto), *tiny[4:],
+    assert meta_train.main([*tiny[:2], "--output_dir", str(auto), *tiny[4:],
                               "--outer_steps", "1", "--neumann_alpha", "auto"]) == 0
     record = json.loads((auto / "log.jsonl").read_text().splitlines()[0])
     assert record["neumann_alpha_min"] > 0 and record["neumann_alpha_min"] != 0.01
     with pytest.raises(SystemExit) as exit_info:
-        train_module.main([*tiny, "--neumann_alpha", "0"])
+        meta_train.main([*tiny, "--neumann_alpha", "0"])
     assert exit_info.value.code == 2
     assert "positive number or 'auto'" in capsys.readouterr().err
 

@@ -15,9 +15,7 @@ import pytest
 import torch
 
 from domainbed.scripts import download
-from domainbed_itl.meta import cmaes
-from domainbed_itl.meta import train as meta_train
-from domainbed_itl.scripts import plot_losses
+from domainbed_itl.scripts import meta_cmaes, meta_train, plot_losses
 
 
 def _one_line(capsys) -> str:
@@ -39,7 +37,7 @@ def _meta_train(tmp_path, out, *extra) -> int:
 
 
 def _cmaes(tmp_path, out, *extra) -> int:
-    return cmaes.main(["--data_dir", str(tmp_path / "no_data"), "--output_dir", str(out),
+    return meta_cmaes.main(["--data_dir", str(tmp_path / "no_data"), "--output_dir", str(out),
                        "--budget", "100", *extra])
 
 

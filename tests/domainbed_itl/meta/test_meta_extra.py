@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from domainbed_itl.meta import cmaes as cmaes_module
-from domainbed_itl.meta import compare_curves
+from domainbed_itl.meta import cma_run, cost_curves, ift_settings
 from domainbed_itl.meta import data as meta_data
-from domainbed_itl.meta import train as train_module
-from domainbed_itl.meta.check_hypergrad import run_study
 from domainbed_itl.meta.families import make_family
+from domainbed_itl.meta.hypergrad_study import run_study
 from domainbed_itl.meta.run_settings import run_config
+from domainbed_itl.scripts import meta_cmaes, meta_curves, meta_train
 
 TINY = ["--hidden", "16", "--inner_steps", "5", "--val_batch", "64", "--eval_examples", "50"]
 TINY_IFT = [*TINY, "--hessian_batch", "32", "--neumann_terms", "2"]
@@ -40,18 +39,18 @@ def test_exclude_envs_meta_trains_on_the_rest_and_is_part_of_the_config(
 ):
     out = tmp_path / "ift"
     base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY_IFT]
-    assert train_module.main([*base, "--outer_steps", "1", "--exclude_envs", "0"]) == 0
+    assert meta_train.main([*base, "--outer_steps", "1", "--exclude_envs", "0"]) == 0
     (record,) = _records(out / "log.jsonl")
     assert len(record["held_out_accs"]) == 5
     assert all(math.isfinite(v) for v in json.loads((out / "learned_loss.json").read_text())
                ["itl_omega"])
 
-    assert train_module.main([*base, "--outer_steps", "2"]) == 2
+    assert meta_train.main([*base, "--outer_steps", "2"]) == 2
     assert "exclude_envs" in capsys.readouterr().err
-    assert train_module.main([*base, "--outer_steps", "1", "--exclude_envs", "6"]) == 2
+    assert meta_train.main([*base, "--outer_steps", "1", "--exclude_envs", "6"]) == 2
     assert "out of range" in capsys.readouterr().err
     bad = tmp_path / "never"
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(bad),
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(bad),
                               *TINY_IFT, "--exclude_envs", "0", "1", "2", "3", "4"]) == 2
     assert not bad.exists()
 
@@ -63,7 +62,7 @@ def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
     base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
             "--exclude_envs", "0", "1", "2", "--popsize", "3"]
     # Three domains and three candidates: 9 inner trainings per generation.
-    assert cmaes_module.main([*base, "--budget", "20"]) == 0
+    assert meta_cmaes.main([*base, "--budget", "20"]) == 0
     records = _records(out / "log.jsonl")
     assert [r["inner_trainings"] for r in records] == [9, 18]
     for r in records:
@@ -75,22 +74,22 @@ def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
     assert learned in [r["best_w"] for r in records]
 
     # A larger budget continues the same search; other settings are refused.
-    assert cmaes_module.main([*base, "--budget", "27"]) == 0
+    assert meta_cmaes.main([*base, "--budget", "27"]) == 0
     assert [r["generation"] for r in _records(out / "log.jsonl")] == [0, 1, 2]
-    assert cmaes_module.main([*base, "--budget", "40", "--sigma0", "0.5"]) == 2
+    assert meta_cmaes.main([*base, "--budget", "40", "--sigma0", "0.5"]) == 2
     assert len(_records(out / "log.jsonl")) == 3
 
     ift = tmp_path / "ift"
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(ift), *TINY_IFT,
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(ift), *TINY_IFT,
                               "--outer_steps", "2", "--exclude_envs", "0", "1", "2"]) == 0
-    curve = compare_curves.read_curve(ift)
+    curve = cost_curves.read_curve(ift)
     assert curve["x"] == [3, 6]
     steps = _records(ift / "log.jsonl")
     assert curve["seconds"] == pytest.approx([steps[0]["seconds"],
                                               steps[0]["seconds"] + steps[1]["seconds"]])
     png = tmp_path / "fig4.png"
     capsys.readouterr()
-    assert compare_curves.main(["--runs", str(ift), str(out), "--out", str(png)]) == 0
+    assert meta_curves.main(["--runs", str(ift), str(out), "--out", str(png)]) == 0
     assert png.read_bytes()[:4] == b"\x89PNG"
     table = capsys.readouterr().out
     assert "| ift | implicit gradient | 2 | 6 |" in table
@@ -98,10 +97,10 @@ def test_cmaes_spends_its_budget_resumes_and_plots_against_ift(
     last = _records(out / "log.jsonl")[-1]
     assert f"| {last['mean_held_out_acc']:.4f} |" in table
     timed = tmp_path / "fig4_seconds.png"
-    assert compare_curves.main(["--runs", str(ift), str(out), "--out", str(timed),
+    assert meta_curves.main(["--runs", str(ift), str(out), "--out", str(timed),
                                 "--x", "seconds"]) == 0
     assert timed.read_bytes()[:4] == b"\x89PNG"
-    assert compare_curves.main(["--runs", str(tmp_path), "--out", str(png)]) == 2
+    assert meta_curves.main(["--runs", str(tmp_path), "--out", str(png)]) == 2
 
 
 def test_hypergradient_study_converges_in_j(mnist_dir):
@@ -122,7 +121,7 @@ def test_cmaes_resumed_from_its_json_state_matches_an_uninterrupted_search(
     tmp_path, mnist_dir, cached_loader, capsys
 ):
     def run(out, budget):
-        return cmaes_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
+        return meta_cmaes.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
                                   "--exclude_envs", "0", "1", "2", "--popsize", "3",
                                   "--budget", str(budget)])
 
@@ -182,16 +181,16 @@ def test_run_configs_of_older_runs_still_match_so_they_resume():
     family = make_family("taylor", 4)
     where = ["--data_dir", "d", "--output_dir", "o", "--threads", "1", "--backend", "ray",
              "--ray_address", "h:1"]
-    args = train_module.build_parser().parse_args([*where, "--outer_steps", "7",
+    args = meta_train.build_parser().parse_args([*where, "--outer_steps", "7",
                                                    "--inner_batching", "batched"])
-    config = run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
-                        train_module.RECORDED_OFF_DEFAULT)
+    config = run_config(args, family, torch.zeros(12), ift_settings.OPERATIONAL,
+                        ift_settings.RECORDED_OFF_DEFAULT)
     assert config == OLDER_TRAIN_CONFIG
     # A setting of RECORDED_OFF_DEFAULT is recorded once it leaves its default.
     args.hypergrad_solver = "cg"
-    assert run_config(args, family, torch.zeros(12), train_module.OPERATIONAL,
-                      train_module.RECORDED_OFF_DEFAULT) == {**OLDER_TRAIN_CONFIG,
-                                                       "hypergrad_solver": "cg"}
-    args = cmaes_module.build_parser().parse_args([*where, "--budget", "10"])
-    assert run_config(args, family, torch.zeros(12), cmaes_module.OPERATIONAL) == \
+    assert run_config(args, family, torch.zeros(12), ift_settings.OPERATIONAL,
+                      ift_settings.RECORDED_OFF_DEFAULT) == {**OLDER_TRAIN_CONFIG,
+                                                         "hypergrad_solver": "cg"}
+    args = meta_cmaes.build_parser().parse_args([*where, "--budget", "10"])
+    assert run_config(args, family, torch.zeros(12), cma_run.OPERATIONAL) == \
         OLDER_CMAES_CONFIG

@@ -1,6 +1,6 @@
-"""Several meta-training runs in one process (`meta.train_many`, `meta.trainer.RunGroups`) on
+"""Several meta-training runs in one process (`meta_train_many`, `meta.trainer.RunGroups`) on
 real RotatedMNIST: stacked or one after another, each run must end where the same run made
-alone by `meta.train` ends, resume from either command's checkpoints, keep its own guard
+alone by `meta_train` ends, resume from either command's checkpoints, keep its own guard
 rails, and bad input must be refused before anything is written."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from domainbed_itl.meta import data as meta_data
-from domainbed_itl.meta import train as train_module
-from domainbed_itl.meta import train_many
+from domainbed_itl.meta import ift_job, ift_settings
 from domainbed_itl.meta.families import initial_w, make_family
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set
 from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
+from domainbed_itl.scripts import meta_train, meta_train_many
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,15 +54,15 @@ def _without_seconds(records: list[dict]) -> list[dict]:
 def _groups(argv: list[str]) -> tuple[list[str], RunGroups]:
     """The runs train_many would make for `argv` and how it would group them (nothing is
     written)."""
-    args = train_module.parse_args(argv, train_many.build_parser())
-    jobs = train_many.prepare_jobs(train_many.checked_runs(args), None)
+    args = ift_settings.parse_args(argv, meta_train_many.build_parser())
+    jobs = ift_job.prepare_jobs(ift_job.checked_runs(args), None)
     return [job.name for job in jobs], RunGroups([job.trainer for job in jobs])
 
 
 def _alone(tmp_path: Path, mnist_dir, *flags: str) -> Path:
-    """The same run made by meta.train."""
+    """The same run made by meta_train."""
     out = tmp_path / ("alone" + "".join(flags).replace("-", "_"))
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(out), *TINY,
                               *flags]) == 0
     return out
 
@@ -74,7 +74,7 @@ def test_stacked_seeds_end_where_separate_meta_train_runs_end(tmp_path, mnist_di
     argv = ["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY, *flags]
     _, groups = _groups([*argv, "--seeds", "0", "1"])
     assert groups.groups == [[0, 1]] and groups.pools[0] is not None  # one stack, 12 models
-    assert train_many.main([*argv, "--seeds", "0", "1"]) == 0
+    assert meta_train_many.main([*argv, "--seeds", "0", "1"]) == 0
     assert sorted(p.name for p in many.iterdir()) == ["RotatedMNIST_order4_seed0",
                                                       "RotatedMNIST_order4_seed1"]
     ends = []
@@ -97,13 +97,13 @@ def test_stacked_seeds_end_where_separate_meta_train_runs_end(tmp_path, mnist_di
 
 
 def test_sequential_runs_equal_separate_runs_exactly(tmp_path, mnist_dir, per_seed_loader):
-    """On a CPU `auto` is sequential: each run steps on its own, as meta.train does."""
+    """On a CPU `auto` is sequential: each run steps on its own, as meta_train does."""
     many = tmp_path / "many"
     argv = ["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY, "--outer_steps",
             "2", "--seeds", "1", "2"]
     _, groups = _groups(argv)
     assert groups.groups == [[0], [1]] and groups.pools == [None, None]
-    assert train_many.main(argv) == 0
+    assert meta_train_many.main(argv) == 0
     for seed in (1, 2):
         run = many / f"RotatedMNIST_order4_seed{seed}"
         alone = _alone(tmp_path, mnist_dir, "--seed", str(seed), "--outer_steps", "2")
@@ -121,7 +121,7 @@ def test_two_orders_are_two_stacks_each_equal_to_its_runs_alone(tmp_path, mnist_
         "RotatedMNIST_order2_seed0", "RotatedMNIST_order2_seed1",
         "RotatedMNIST_order3_seed0", "RotatedMNIST_order3_seed1"]
     assert groups.groups == [[0, 1], [2, 3]]
-    assert train_many.main(argv) == 0
+    assert meta_train_many.main(argv) == 0
     for order in (2, 3):
         run = many / f"RotatedMNIST_order{order}_seed1"
         assert json.loads((run / "learned_loss.json").read_text())["itl_order"] == order
@@ -132,17 +132,17 @@ def test_two_orders_are_two_stacks_each_equal_to_its_runs_alone(tmp_path, mnist_
 
 
 def test_killed_job_resumes_each_run_after_its_last_step(tmp_path, mnist_dir, per_seed_loader):
-    """A job stopped after one step; then meta.train takes one run a step further; a rerun of
-    the job continues each run from where it is, and meta.train resumes the job's runs."""
+    """A job stopped after one step; then meta_train takes one run a step further; a rerun of
+    the job continues each run from where it is, and meta_train resumes the job's runs."""
     many = tmp_path / "many"
     common = ["--data_dir", str(mnist_dir), *TINY, "--inner_batching", "batched"]
     job = [*common, "--output_dir", str(many), "--seeds", "0", "1"]
-    assert train_many.main([*job, "--outer_steps", "1"]) == 0
+    assert meta_train_many.main([*job, "--outer_steps", "1"]) == 0
     seed1 = many / "RotatedMNIST_order4_seed1"
-    assert train_module.main([*common, "--output_dir", str(seed1), "--seed", "1",
+    assert meta_train.main([*common, "--output_dir", str(seed1), "--seed", "1",
                               "--outer_steps", "2"]) == 0
     (seed1 / ".checkpoint.pt.a1b2c3d4.tmp").write_bytes(b"half")  # a write killed midway
-    assert train_many.main([*job, "--outer_steps", "2"]) == 0
+    assert meta_train_many.main([*job, "--outer_steps", "2"]) == 0
     assert not (seed1 / ".checkpoint.pt.a1b2c3d4.tmp").exists()
     for seed in (0, 1):
         run = many / f"RotatedMNIST_order4_seed{seed}"
@@ -152,7 +152,7 @@ def test_killed_job_resumes_each_run_after_its_last_step(tmp_path, mnist_dir, pe
         torch.testing.assert_close(_checkpoint(run)["w"], _checkpoint(alone)["w"], rtol=1e-5,
                                    atol=1e-5)
     seed0 = many / "RotatedMNIST_order4_seed0"
-    assert train_module.main([*common, "--output_dir", str(seed0), "--seed", "0",
+    assert meta_train.main([*common, "--output_dir", str(seed0), "--seed", "0",
                               "--outer_steps", "3"]) == 0
     assert [r["step"] for r in _records(seed0)] == [0, 1, 2]
 
@@ -169,11 +169,11 @@ def test_bad_input_exits_2_before_anything_is_written(tmp_path, mnist_dir, per_s
                                                       capsys, flags, message):
     many = tmp_path / "many"
     seed1 = many / "RotatedMNIST_order4_seed1"
-    assert train_module.main(["--data_dir", str(mnist_dir), "--output_dir", str(seed1), *TINY,
+    assert meta_train.main(["--data_dir", str(mnist_dir), "--output_dir", str(seed1), *TINY,
                               "--seed", "1", "--outer_steps", "1"]) == 0
     before = {p: p.read_bytes() for p in seed1.iterdir()}
     capsys.readouterr()
-    assert train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY,
+    assert meta_train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY,
                             "--outer_steps", "2", *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
@@ -211,7 +211,7 @@ def test_runs_that_keep_diverging_stop_with_status_3_and_finite_outputs(tmp_path
     init = tmp_path / "huge.json"
     init.write_text(json.dumps([1e38] * 12))
     many = tmp_path / "many"
-    assert train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY,
+    assert meta_train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(many), *TINY,
                             "--init", str(init), "--outer_steps", "5", "--max_skips", "2",
                             "--seeds", "0", "1", "--inner_batching", "batched"]) == 3
     err = capsys.readouterr().err

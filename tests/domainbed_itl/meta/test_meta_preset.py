@@ -1,4 +1,4 @@
-"""`meta.train --preset paper` and the end-point study behind its unstated settings, on real
+"""`meta_train --preset paper` and the end-point study behind its unstated settings, on real
 RotatedMNIST with tiny settings."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from domainbed_itl.meta import check_endpoints, splits
 from domainbed_itl.meta import data as meta_data
-from domainbed_itl.meta import train as train_module
+from domainbed_itl.meta import endpoint_references, ift_settings, splits
 from domainbed_itl.meta.families import initial_w, make_family
 from domainbed_itl.meta.outer import leave_one_domain_out, make_domain_set
 from domainbed_itl.meta.run_settings import meta_config
 from domainbed_itl.meta.splits import MetaConfig, held_out_loss
 from domainbed_itl.meta.trainer import MetaTrainer
+from domainbed_itl.scripts import check_endpoints, meta_train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +32,7 @@ def cached_loader(monkeypatch, rmnist):
 
 
 def test_the_paper_preset_sets_what_the_paper_states_and_the_measured_rest():
-    args = train_module.parse_args([*WHERE, "--preset", "paper"])
+    args = ift_settings.parse_args([*WHERE, "--preset", "paper"], meta_train.build_parser())
     stated = {"outer_optimizer": "sgd", "outer_lr": 0.01, "outer_step_scale": "absolute",
               "surgery": "pcgrad", "outer_steps": 200, "hidden": [1024, 256],
               "inner_lr": 0.01, "inner_batch": 32, "neumann_terms": 15,
@@ -40,34 +40,35 @@ def test_the_paper_preset_sets_what_the_paper_states_and_the_measured_rest():
     assert {k: getattr(args, k) for k in stated} == stated
     unstated = ("init", "neumann_alpha", "inner_steps", "hessian_batch")
     assert {k: getattr(args, k) for k in unstated} == \
-        {k: train_module.PRESETS["paper"][k] for k in unstated}
+        {k: ift_settings.PRESETS["paper"][k] for k in unstated}
     assert args.preset == "paper"
     # Without the preset the earlier defaults stand.
-    plain = train_module.parse_args(WHERE)
+    plain = ift_settings.parse_args(WHERE, meta_train.build_parser())
     assert (plain.preset, plain.outer_optimizer, plain.init) == ("none", "adam", "ce_like")
 
 
 def test_explicit_flags_override_the_preset_also_in_an_extended_parser():
-    parser = train_module.build_parser()
+    parser = meta_train.build_parser()
     parser.add_argument("--extra", type=int, default=3)
-    args = train_module.parse_args([*WHERE, "--preset", "paper", "--outer_lr", "0.05",
+    args = ift_settings.parse_args([*WHERE, "--preset", "paper", "--outer_lr", "0.05",
                                     "--hidden", "64", "--init", "ce_like",
                                     "--neumann_alpha", "0.1"], parser)
     assert (args.outer_lr, args.hidden, args.init, args.neumann_alpha) == \
         (0.05, [64], "ce_like", 0.1)
     assert (args.outer_optimizer, args.outer_steps, args.extra) == ("sgd", 200, 3)
     # Flags placed before --preset win as well.
-    args = train_module.parse_args(["--outer_steps", "7", *WHERE, "--preset", "paper"])
+    args = ift_settings.parse_args(["--outer_steps", "7", *WHERE, "--preset", "paper"],
+                                   meta_train.build_parser())
     assert args.outer_steps == 7
 
 
 def test_help_lists_the_preset_and_its_values(capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "300")  # no line breaks inside flag names
     with pytest.raises(SystemExit) as stop:
-        train_module.main(["--help"])
+        meta_train.main(["--help"])
     assert stop.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    paper = train_module.PRESETS["paper"]
+    paper = ift_settings.PRESETS["paper"]
     assert "--preset {none,paper}" in text
     for key in ("outer_optimizer", "outer_lr", "init", "neumann_alpha", "inner_steps",
                 "hessian_batch"):
@@ -84,23 +85,23 @@ def test_a_preset_run_resumes_refuses_a_changed_setting_and_old_runs_still_resum
 ):
     out = tmp_path / "paper"
     base = ["--data_dir", str(mnist_dir), "--output_dir", str(out), "--preset", "paper", *TINY]
-    assert train_module.main([*base, "--outer_steps", "1"]) == 0
+    assert meta_train.main([*base, "--outer_steps", "1"]) == 0
     assert json.loads((out / "log.jsonl").read_text())["step"] == 0
     assert torch.load(out / "checkpoint.pt")["config"]["preset"] == "paper"
-    assert train_module.main([*base, "--outer_steps", "2"]) == 0
+    assert meta_train.main([*base, "--outer_steps", "2"]) == 0
     assert [r["step"] for r in _records(out)] == [0, 1]
-    assert train_module.main([*base, "--outer_steps", "3", "--neumann_alpha", "0.5"]) == 2
+    assert meta_train.main([*base, "--outer_steps", "3", "--neumann_alpha", "0.5"]) == 2
     assert "neumann_alpha" in capsys.readouterr().err
     assert len(_records(out)) == 2
     # The same run without the preset is another run.
-    assert train_module.main([*base[:4], *TINY, "--outer_steps", "3"]) == 2
+    assert meta_train.main([*base[:4], *TINY, "--outer_steps", "3"]) == 2
     capsys.readouterr()
     # A run saved without any preset resumes, with --preset none spelled out or not.
     old = tmp_path / "old"
     plain = ["--data_dir", str(mnist_dir), "--output_dir", str(old), *TINY]
-    assert train_module.main([*plain, "--outer_steps", "1"]) == 0
+    assert meta_train.main([*plain, "--outer_steps", "1"]) == 0
     assert "preset" not in torch.load(old / "checkpoint.pt")["config"]
-    assert train_module.main([*plain, "--preset", "none", "--outer_steps", "2"]) == 0
+    assert meta_train.main([*plain, "--preset", "none", "--outer_steps", "2"]) == 0
     assert len(_records(old)) == 2
 
 
@@ -109,12 +110,12 @@ def test_the_preset_outer_step_is_plain_gradient_descent(tmp_path, mnist_dir, rm
     out = tmp_path / "gd"
     argv = ["--data_dir", str(mnist_dir), "--output_dir", str(out), "--preset", "paper", *TINY,
             "--outer_steps", "1"]
-    assert train_module.main(argv) == 0
+    assert meta_train.main(argv) == 0
     (record,) = _records(out)
     w0 = torch.tensor(record["w"])
     w1 = torch.load(out / "checkpoint.pt")["w"]
     # The hypergradient of that step, recomputed from the same splits.
-    args = train_module.parse_args(argv)
+    args = ift_settings.parse_args(argv, meta_train.build_parser())
     cfg = meta_config(args)
     domains, num_classes = rmnist
     data = make_domain_set(meta_data.drop_envs(domains, args.exclude_envs), num_classes,
@@ -145,7 +146,7 @@ def test_minres_solves_an_indefinite_system():
     eig = torch.cat([torch.linspace(-2, -0.1, 20), torch.linspace(0.1, 3, 40)]).double()
     a = q @ torch.diag(eig) @ q.T
     b = torch.randn(60, generator=g, dtype=torch.float64)
-    x, spent = check_endpoints.minres(lambda v: a @ v, b, 1e-10, 500)
+    x, spent = endpoint_references.minres(lambda v: a @ v, b, 1e-10, 500)
     torch.testing.assert_close(x, torch.linalg.solve(a, b), rtol=1e-7, atol=1e-8)
     assert spent <= 120
 
@@ -159,22 +160,22 @@ def test_unrolled_hypergradient_matches_finite_differences_of_the_real_inner_loo
         split.params = [p.double().requires_grad_() for p in split.params]
         return split
 
-    monkeypatch.setattr(check_endpoints, "start_split", start_split)
+    monkeypatch.setattr(endpoint_references, "start_split", start_split)
     domains, num_classes = rmnist
     data = make_domain_set(meta_data.drop_envs(domains, [0, 1, 2]), num_classes, 50, 0)
     family = make_family("taylor", 4)
     w = initial_w(family, "ce_bounded", num_classes, torch.Generator().manual_seed(0)).double()
     data.x = data.x.double()
     cfg = MetaConfig(hidden=(8,), inner_steps=40, hessian_batch=32, val_batch=128)
-    end = check_endpoints.train_endpoint(data, family, w, cfg, 0)
-    grad, gap = check_endpoints.unrolled_hypergradient(data, family, w, end, cfg.inner_lr,
-                                                       segment=7)
+    end = endpoint_references.train_endpoint(data, family, w, cfg, 0)
+    grad, gap = endpoint_references.unrolled_hypergradient(data, family, w, end,
+                                                           cfg.inner_lr, segment=7)
     assert gap == 0.0
     eps = 1e-5
     for k in (0, 1, 5, 11):
         e = torch.zeros_like(w)
         e[k] = eps
-        up, down = (float(held_out_loss(check_endpoints.train_endpoint(
+        up, down = (float(held_out_loss(endpoint_references.train_endpoint(
             data, family, w + s * e, cfg, 0).params, end.batches)) for s in (1, -1))
         assert (up - down) / (2 * eps) == pytest.approx(float(grad[k]), rel=1e-4, abs=1e-9)
 

@@ -20,13 +20,15 @@ import torch
 
 pytest.importorskip("ray")
 
-from domainbed_itl.meta import cmaes  # noqa: E402
 from domainbed_itl.meta import data as meta_data  # noqa: E402
-from domainbed_itl.meta import train as meta_train  # noqa: E402
 from domainbed_itl.meta.families import initial_w, make_family  # noqa: E402
 from domainbed_itl.meta.outer import MetaConfig, make_domain_set, run_split  # noqa: E402
 from domainbed_itl.meta.ray_backend import RayBackend, RaySplitRunner  # noqa: E402
 from domainbed_itl.meta.trainer import MetaTrainer  # noqa: E402
+from domainbed_itl.scripts import (
+    meta_cmaes,  # noqa: E402
+    meta_train,  # noqa: E402
+)
 
 CFG = MetaConfig(hidden=(16,), inner_steps=20, hessian_batch=48, val_batch=64,
                  eval_examples=100, neumann_terms=3)
@@ -99,7 +101,7 @@ def test_cmaes_generations_on_ray_match_the_local_search(backend, tmp_path, mnis
     logs = {}
     for name, extra in (("local", []), ("ray", ["--backend", "ray"])):
         out = tmp_path / name
-        assert cmaes.main([*tiny, "--output_dir", str(out), *extra]) == 0
+        assert meta_cmaes.main([*tiny, "--output_dir", str(out), *extra]) == 0
         logs[name] = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                       for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["generation"] for r in logs["ray"]] == [0, 1]
@@ -108,7 +110,7 @@ def test_cmaes_generations_on_ray_match_the_local_search(backend, tmp_path, mnis
         assert a["best_held_out_acc"] == b["best_held_out_acc"]
         assert a["best_fitness"] == pytest.approx(b["best_fitness"], rel=1e-5)
     # --backend is where the search runs, not what it is: the local search resumes on Ray.
-    assert cmaes.main([*tiny[:-1], "27", "--output_dir", str(tmp_path / "local"),
+    assert meta_cmaes.main([*tiny[:-1], "27", "--output_dir", str(tmp_path / "local"),
                        "--backend", "ray"]) == 0
 
 
@@ -124,7 +126,7 @@ def test_an_unreachable_ray_address_is_one_line_and_exit_2(tmp_path, capsys, com
     out = tmp_path / "out"
     argv = ["--data_dir", str(tmp_path / "no_data"), "--output_dir", str(out), "--backend",
             "ray", "--ray_address", address]
-    main = meta_train.main if command == "train" else cmaes.main
+    main = meta_train.main if command == "train" else meta_cmaes.main
     assert main([*argv, *(["--budget", "10"] if command == "cmaes" else [])]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"cannot reach a Ray cluster at --ray_address {address}" in line
@@ -135,7 +137,7 @@ def test_an_unreachable_ray_address_is_one_line_and_exit_2(tmp_path, capsys, com
 @pytest.mark.slow
 def test_a_killed_ray_driver_resumes_from_its_checkpoint(tmp_path, mnist_dir):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "domainbed_itl.meta.train", "--data_dir", str(mnist_dir),
+    cmd = [sys.executable, "-m", "domainbed_itl.scripts.meta_train", "--data_dir", str(mnist_dir),
            "--output_dir", str(out), "--outer_steps", "3", "--hidden", "64",
            "--inner_steps", "150", "--hessian_batch", "128", "--val_batch", "256",
            "--eval_examples", "300", "--threads", "1", "--backend", "ray"]

@@ -293,7 +293,7 @@ def test_real_single_source_sweep_killed_and_relaunched(tmp_path):
         means.append(sum(targets) / len(targets))
 
     def table(number):
-        done = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.collect_results",
+        done = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.paper_tables",
                                "--input_dir", str(out), "--table", number], cwd=REPO_ROOT,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr

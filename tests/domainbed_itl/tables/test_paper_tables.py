@@ -1,4 +1,4 @@
-"""The paper's tables and Fig. 2 (domainbed_itl.scripts.collect_results) on sweep directories
+"""The paper's tables and Fig. 2 (domainbed_itl.scripts.paper_tables) on sweep directories
 written here record by record in train's own format, with accuracies chosen so that every cell,
 rank, standard error and missing count below was worked out by hand.
 
@@ -26,7 +26,7 @@ from domainbed import datasets as registry
 from domainbed.lib.results_tables import format_mean
 from domainbed.scripts import train
 from domainbed.scripts.sweep import Job
-from domainbed_itl.scripts import collect_results
+from domainbed_itl.scripts import paper_tables
 from domainbed_itl.tables import critical_difference, paper
 from domainbed_itl.tables.ranks import average_ranks
 
@@ -187,7 +187,7 @@ def office_terra_dir(tmp_path_factory) -> Path:
 
 
 def report(capsys, *argv) -> str:
-    assert collect_results.main([str(arg) for arg in argv]) == 0
+    assert paper_tables.main([str(arg) for arg in argv]) == 0
     return capsys.readouterr().out
 
 
@@ -421,7 +421,7 @@ def test_tables_1_and_3_from_the_loss_sweeps(tmp_path, capsys):
                                "84.5 +/- 0.0 (paper 84.4)"]
     assert "ERM = ERM + CE" in out and "RSC = RSC (reimplemented) + CE" in out
     png = tmp_path / "too_few.png"  # one dataset is one block: no Friedman test, no file
-    assert collect_results.main(["--input_dir", str(root), "--table", "3",
+    assert paper_tables.main(["--input_dir", str(root), "--table", "3",
                                  "--cd_diagram", str(png)]) == 2
     assert "needs at least 3 algorithms and 2 datasets" in capsys.readouterr().err
     assert not png.exists()
@@ -481,24 +481,24 @@ def test_format_mean_keeps_the_public_digits():
     (["--table", "2", "--versus", "IRM"], "--versus IRM: no records of it"),
 ])
 def test_usage_errors_on_multi_source_input(multi_dir, capsys, argv, message):
-    assert collect_results.main(["--input_dir", str(multi_dir), *argv]) == 2
+    assert paper_tables.main(["--input_dir", str(multi_dir), *argv]) == 2
     err = [line for line in capsys.readouterr().err.splitlines()
            if not line.startswith("warning: ")]  # the truncated line's warning
-    assert len(err) == 1 and err[0].startswith(f"collect_results: error: {message}")
+    assert len(err) == 1 and err[0].startswith(f"paper_tables: error: {message}")
 
 
 def test_usage_errors_on_single_source_input(single_dir, tmp_path, capsys):
-    assert collect_results.main(["--input_dir", str(single_dir), "--table", "2"]) == 2
+    assert paper_tables.main(["--input_dir", str(single_dir), "--table", "2"]) == 2
     assert "table 2 reads multi-source sweeps, but the input also holds single-source runs" in (
         capsys.readouterr().err)
     argv = ["--input_dir", str(single_dir), "--table", "10", "--selection",
             "leave_one_domain_out"]
-    assert collect_results.main(argv) == 2
+    assert paper_tables.main(argv) == 2
     assert "does not apply to single-source tables" in capsys.readouterr().err
     # Single-source blocks: PACS and ColoredMNIST, 3 algorithms.
     png = tmp_path / "cd.png"
     argv = ["--input_dir", str(single_dir), "--table", "4", "--cd_diagram", str(png)]
-    assert collect_results.main(argv) == 0 and png.stat().st_size > 1000
+    assert paper_tables.main(argv) == 0 and png.stat().st_size > 1000
     assert "Friedman test over 2 datasets (blocks) and 3 algorithms" in capsys.readouterr().out
 
 
@@ -511,7 +511,7 @@ def test_three_env_single_source_runs_read_as_pair_runs_in_table2(tmp_path, caps
     out = report(capsys, "--input_dir", tmp_path, "--table", 10)
     rows = rows_under(out, "Table 10: single-source accuracy (%) per source domain")
     assert rows["ERM"] == ["50.0/50.0 (50.0 +/- 0.0)"] * 3 + ["50.0 +/- 0.0"]
-    assert collect_results.main(["--input_dir", str(tmp_path), "--table", "2"]) == 0
+    assert paper_tables.main(["--input_dir", str(tmp_path), "--table", "2"]) == 0
     out, err = capsys.readouterr()
     # DomainBed's selection reports single-test-env runs: none here, three expected.
     assert rows_under(out, "Table 2")["ColoredMNIST"] == ["X [3 missing]"]
@@ -521,23 +521,23 @@ def test_three_env_single_source_runs_read_as_pair_runs_in_table2(tmp_path, caps
 def test_cli_errors_in_a_subprocess(tmp_path):
     (tmp_path / "empty").mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "domainbed_itl.scripts.collect_results",
+        [sys.executable, "-m", "domainbed_itl.scripts.paper_tables",
          "--input_dir", str(tmp_path / "empty"), "--table", "2"],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 3 and result.stdout == ""  # no records yet
     assert result.stderr.strip().splitlines() == [
-        f"collect_results: error: no records in {tmp_path / 'empty'}: run the sweep first, "
+        f"paper_tables: error: no records in {tmp_path / 'empty'}: run the sweep first, "
         "or give the directory that holds its job directories"
     ]
 
 
 def test_several_directories_and_the_truncated_line(multi_dir, single_dir, capsys):
     argv = ["--input_dir", str(multi_dir), "--input_dir", str(single_dir), "--table", "2"]
-    assert collect_results.main(argv) == 2  # the single-source directory is not Table 2's
+    assert paper_tables.main(argv) == 2  # the single-source directory is not Table 2's
     assert "holds single-source runs" in capsys.readouterr().err
     argv = ["--input_dir", str(multi_dir), "--input_dir", str(multi_dir), "--table", "2"]
-    assert collect_results.main(argv) == 0
+    assert paper_tables.main(argv) == 0
     out, err = capsys.readouterr()
     assert err.count("skipped a truncated last line") == 2
     # the same sweep twice: every record twice, the same selected runs, the same cells

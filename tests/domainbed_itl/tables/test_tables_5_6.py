@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from domainbed_itl.meta import data as meta_data
-from domainbed_itl.meta import train_many
-from domainbed_itl.scripts import collect_results, deploy
+from domainbed_itl.scripts import deploy, meta_train_many, paper_tables
 
 REPO = Path(__file__).resolve().parents[3]
 R0, C2 = ("RotatedMNIST", 0), ("ColoredMNIST", 2)
@@ -61,7 +60,7 @@ def table5_records() -> list[dict]:
 
 
 def report(capsys, *argv) -> str:
-    assert collect_results.main([str(arg) for arg in argv]) == 0
+    assert paper_tables.main([str(arg) for arg in argv]) == 0
     return capsys.readouterr().out
 
 
@@ -154,7 +153,7 @@ def test_damaged_lines_skipped_duplicates_counted_once_conflicts_refused(tmp_pat
     lines.insert(0, '["not", "a", "record"]')
     first.write_text("\n".join(lines))
     # The same directory twice: every run counted once.
-    assert collect_results.main(["--input_dir", str(tmp_path), "--input_dir",
+    assert paper_tables.main(["--input_dir", str(tmp_path), "--input_dir",
                                  str(tmp_path / "a"), "--table", "5"]) == 0
     out, err = capsys.readouterr()
     assert rows_under(out, "Table 5") == expected
@@ -162,11 +161,11 @@ def test_damaged_lines_skipped_duplicates_counted_once_conflicts_refused(tmp_pat
     assert f"{first}:{len(lines)}: skipped a truncated last line" in err
     # Another result for a run already recorded: which one would a cell show?
     write(tmp_path / "b", [record("seed1", C2, 0, 0.5, meta("RotatedMNIST", 1, [0]))])
-    assert collect_results.main(["--input_dir", str(tmp_path), "--table", "5"]) == 2
+    assert paper_tables.main(["--input_dir", str(tmp_path), "--table", "5"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines()
               if not line.startswith("warning: ")]  # the damaged lines' warnings
     assert len(errors) == 1 and errors[0].startswith(
-        "collect_results: error: two different results for one run (meta seed 1's loss from "
+        "paper_tables: error: two different results for one run (meta seed 1's loss from "
         "meta/RotatedMNIST_x[0]_seed1, ColoredMNIST env 2, trial 0, protocol mlp")
 
 
@@ -255,18 +254,18 @@ def test_table5_compare_paper_prints_the_published_table_below(tmp_path, capsys)
 ])
 def test_usage_errors_are_one_line(tmp_path, capsys, argv, message):
     write(tmp_path, [record("CE", R0, 0, 0.5)])
-    assert collect_results.main(["--input_dir", str(tmp_path), *argv]) == 2
+    assert paper_tables.main(["--input_dir", str(tmp_path), *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"collect_results: error: {message}")
+    assert len(err) == 1 and err[0].startswith(f"paper_tables: error: {message}")
 
 
 def test_no_records_exit_2_in_a_subprocess(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.collect_results",
+    proc = subprocess.run([sys.executable, "-m", "domainbed_itl.scripts.paper_tables",
                            "--input_dir", str(tmp_path / "empty"), "--table", "5"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith("collect_results: error: no deployment records "
+    assert proc.stderr.startswith("paper_tables: error: no deployment records "
                                   "(records.jsonl) under")
 
 
@@ -286,7 +285,7 @@ def test_meta_training_deployment_and_tables_on_real_coloredmnist(tmp_path, mnis
                                                                   cached_cmnist, capsys,
                                                                   one_thread):
     runs = tmp_path / "meta"
-    assert train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(runs),
+    assert meta_train_many.main(["--data_dir", str(mnist_dir), "--output_dir", str(runs),
                             "--datasets", "ColoredMNIST", "--exclude_envs", "2",
                             "--seeds", "0", "1", *TINY_META]) == 0
     learned = [f"task{s}={runs}/ColoredMNIST_order4_seed{s}/learned_loss.json" for s in (0, 1)]
@@ -342,10 +341,11 @@ def test_table5_launch_file_prints_its_commands_and_runs_nothing(tmp_path):
     learned = " ".join(f"--learned seed{s}={out}/table5/meta/RotatedMNIST_order4_seed{s}/"
                        "learned_loss.json" for s in (3, 4))
     assert lines == [
-        f"python -m domainbed_itl.meta.train_many --data_dir data --output_dir {out}/table5/meta "
+        "python -m domainbed_itl.scripts.meta_train_many --data_dir data "
+        f"--output_dir {out}/table5/meta "
         "--preset paper --outer_steps 7 --orders 4 --seeds 3 4 --datasets RotatedMNIST "
         "--exclude_envs 0 ",
-        f"python -m domainbed_itl.meta.figures fig3 --runs {out}/table5/meta --out "
+        f"python -m domainbed_itl.scripts.meta_figures fig3 --runs {out}/table5/meta --out "
         f"{out}/fig3.png ",
         f"python -m domainbed_itl.scripts.deploy --data_dir data --output_dir "
         f"{out}/table5/deploy/RotatedMNIST --dataset RotatedMNIST --test_envs 0 --trial_seeds "
@@ -353,12 +353,12 @@ def test_table5_launch_file_prints_its_commands_and_runs_nothing(tmp_path):
         f"python -m domainbed_itl.scripts.deploy --data_dir data --output_dir "
         f"{out}/table5/deploy/ColoredMNIST --dataset ColoredMNIST --test_envs 0 1 2 "
         f"--trial_seeds 0 1 2 3 4 {learned} ",
-        f"python -m domainbed_itl.scripts.collect_results --input_dir {out}/table5/deploy "
+        f"python -m domainbed_itl.scripts.paper_tables --input_dir {out}/table5/deploy "
         "--table 5 --compare_paper ",
     ]
     fig3 = dummy_launch("table5_meta_seeds.sh", tmp_path, "fig3")
-    assert [line.split()[2] for line in fig3] == ["domainbed_itl.meta.train_many",
-                                                  "domainbed_itl.meta.figures"]
+    assert [line.split()[2] for line in fig3] == ["domainbed_itl.scripts.meta_train_many",
+                                                  "domainbed_itl.scripts.meta_figures"]
 
 
 def test_table6_launch_file_meta_trains_leave_one_out(tmp_path):
@@ -377,7 +377,7 @@ def test_table6_launch_file_meta_trains_leave_one_out(tmp_path):
             f"--trial_seeds 0 1 --learned generic0={out}/table5/meta/RotatedMNIST_order4_seed0/"
             f"learned_loss.json --learned task0={out}/table6/meta/without_env{env}/"
             "ColoredMNIST_order4_seed0/learned_loss.json --steps 300 ")
-    assert lines[-1] == (f"python -m domainbed_itl.scripts.collect_results --input_dir "
+    assert lines[-1] == (f"python -m domainbed_itl.scripts.paper_tables --input_dir "
                          f"{out}/table6/deploy --table 6 ")
 
 

@@ -1,6 +1,6 @@
 """The paper's tables (Gao et al., ICML 2022) and its Fig. 2 from sweep directories.
 
-    python -m domainbed_itl.scripts.collect_results --input_dir D [--input_dir D2 ...]
+    python -m domainbed_itl.scripts.paper_tables --input_dir D [--input_dir D2 ...]
         --table {1,2,3,4,5,6,9,10} [--selection training_domain|leave_one_domain_out|oracle]
         [--format text|markdown|latex] [--compare_paper] [--versus ERM]
         [--cd_diagram fig2.png] [--cd_blocks dataset|domain]
@@ -23,7 +23,8 @@ Nemenyi statistics and draws the critical difference diagram.
 Tables 5 and 6 read deployment records instead (every `records.jsonl` under the directories,
 written by `scripts.deploy` or `compare_losses`): learned losses over their meta-training seeds
 against CE and the published ITL, with their paired differences always printed; model
-selection, --versus and --cd_diagram do not apply to them (`domainbed_itl.tables.deployment`).
+selection, --versus and --cd_diagram do not apply to them
+(`domainbed_itl.tables.deployment_tables`).
 An unknown table, records of the wrong kind or an impossible request: one line on stderr and
 exit status 2. Sweep directories that hold no record yet: one line and exit status 3
 (`NO_RECORDS`), so that a caller (the Makefile's table step) can tell jobs that have not
@@ -40,7 +41,7 @@ from domainbed.lib import reporting
 from domainbed.lib.cli import OneLineParser, command, path_arg, print_error
 from domainbed.lib.query import Q
 from domainbed_itl.tables import critical_difference, deploy_records, order, selection
-from domainbed_itl.tables.deployment import table5, table6
+from domainbed_itl.tables.deployment_tables import table5, table6
 from domainbed_itl.tables.kinds import (
     MULTI,
     SINGLE,
@@ -70,7 +71,7 @@ FORMATS = ("text", "markdown", "latex")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="collect_results",
+        prog="paper_tables",
         description="Print one of the paper's tables (1, 2, 3, 4, 9, 10 from sweep "
         "directories; 5, 6 from deployment directories)"
     )
@@ -115,7 +116,7 @@ def scores_for(records: Q, table: str, selection_name: str) -> Scores:
     if kind == SINGLE:
         return single_source_scores(records, selection.single_source_method(selection_name))
     for dataset in pair_only_datasets(records):
-        print(f"collect_results: note: {dataset} has no run with a single test environment; "
+        print(f"paper_tables: note: {dataset} has no run with a single test environment; "
               "if it is a single-source sweep, use --table 4 or 10", file=sys.stderr)
     return multi_source_scores(records, selection.MULTI_SOURCE[selection_name])
 
@@ -173,13 +174,13 @@ def run(args: argparse.Namespace) -> str:
     return output
 
 
-@command("collect_results", usage_errors=(OSError,))
+@command("paper_tables", usage_errors=(OSError,))
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         output = run(args)
     except NoRecords as err:
-        print_error("collect_results", str(err))
+        print_error("paper_tables", str(err))
         return NO_RECORDS
     sys.stdout.write(output)
     sys.stdout.flush()

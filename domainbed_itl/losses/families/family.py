@@ -78,6 +78,9 @@ class LossFamily:
     `loss(logits, targets, w, order)` is the batch-mean loss, differentiable in the logits
     and in w (the meta-learner's view); `module(parameters, order, reduction)` the same loss
     as an nn.Module (the deployed view). `starts` names meta-training's starting points.
+    `table_name` is what the paper's tables call a loss learned in this family (default: the
+    family's name); `label_offset` says its value at a perfect prediction depends on the label,
+    so plots normalise it to start at zero.
     """
 
     name: str
@@ -90,6 +93,12 @@ class LossFamily:
     module: Callable[[tuple[float, ...], int | None, str], nn.Module]
     starts: Mapping[str, Start]
     order: Order | None = None
+    table_name: str = ""
+    label_offset: bool = False
+
+    @property
+    def display_name(self) -> str:
+        return self.table_name or self.name
 
     @property
     def algorithms(self) -> tuple[str, ...]:

@@ -1,45 +1,22 @@
-"""How accurate are the Neumann and CG hypergradients? A study on problems small enough to solve
-exactly.
+"""The hypergradient accuracy study on problems small enough to solve exactly: the Neumann and
+CG estimates against the exact implicit gradient at the inner optimum, over the HVP budget J and
+over the length of a finite SGD inner run.
 
-    python -m domainbed_itl.meta.check_hypergrad --data_dir data --out results/hypergrad_check
-
-The implicit-gradient trainer never sees the true dM/dw: it truncates the Neumann series at J
-terms and evaluates it at the end of a finite SGD run, not at an optimum. Here both
-approximations are measured against the truth on real MNIST (downsampled to 7x7, a few hundred
-images; held-out = MNIST test images), with L_w the order-4 Taylor loss at its cross-entropy-like
-start and a small L2 penalty so the inner problem has a well-defined optimum:
-
-- truth: the exact implicit gradient (Hessian formed and solved) at the optimum found by L-BFGS,
-  itself checked against central finite differences of the held-out loss of the re-solved
-  problem;
-- the J sweep: estimates at the optimum for several budgets J of Hessian-vector products:
-  Neumann with three step sizes alpha (1 / lambda_max from the exact spectrum, where the series
-  converges fastest without diverging; the trainer's former default 0.01; "auto", 1 / lambda_max
-  from 10 power iterations, which add 10 HVPs) and conjugate gradients (no damping);
-- the inner-length sweep: SGD (batch 32) for T steps from the same start, then the Neumann
-  estimate (J = 15, alpha = 1 / lambda_max), CG with 15 HVPs and the exact IFT solve at that
-  end point, all against the truth.
-
-Two base models: softmax regression (convex) and a one-hidden-layer tanh MLP (not convex; its
-Hessian's smallest eigenvalue is reported, since the Neumann series needs it positive).
+The problems are real MNIST downsampled to 7x7 (a few hundred images; held-out = MNIST test
+images) with L_w the order-4 Taylor loss at its cross-entropy-like start and a small L2 penalty,
+so the inner problem has a well-defined optimum that L-BFGS and Newton steps reach; the exact
+implicit gradient there is itself checked against central finite differences.
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import math
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import MNIST
 
-from domainbed.lib import atomic
-from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.base_model import Params, init_mlp, mlp_forward
 from domainbed_itl.meta.families import make_family
 from domainbed_itl.meta.hypergrad import (
@@ -217,109 +194,3 @@ def run_study(data_dir: str, problems: Sequence[str] = tuple(PROBLEMS),
         summaries.append(result["summary"])
         rows.extend(result["rows"])
     return {"summaries": summaries, "rows": rows}
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def write_outputs(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in result["rows"] for k in r))
-    with atomic.atomic_open(out / "hypergrad_check.csv") as handle:
-        writer = csv.DictWriter(handle, keys)
-        writer.writeheader()
-        writer.writerows(result["rows"])
-    lines = ["# Neumann and CG hypergradients against the exact implicit gradient", "",
-             "## Problems (truth = exact IFT at the L-BFGS optimum)", ""]
-    skeys = list(result["summaries"][0])
-    lines += ["| " + " | ".join(skeys) + " |", "|" + "---|" * len(skeys)]
-    lines += ["| " + " | ".join(_fmt(s[k]) for k in skeys) + " |" for s in result["summaries"]]
-    for sweep in ("J", "inner_steps"):
-        rows = [r for r in result["rows"] if r["sweep"] == sweep]
-        cols = list(dict.fromkeys(k for r in rows for k in r if k != "sweep"))
-        lines += ["", f"## Sweep over {sweep}", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_fmt(r.get(k, "")) for k in cols) + " |" for r in rows]
-    atomic.write_text(out / "hypergrad_check.md", "\n".join(lines) + "\n")
-    _plot(result, out / "hypergrad_check.png")
-
-
-def _plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(9, 7))
-    for s in result["summaries"]:
-        name = s["problem"]
-        for alpha, solver, _ in SOLVER_ROWS:
-            rows = [r for r in result["rows"] if r["problem"] == name and r["sweep"] == "J"
-                    and r["alpha"] == alpha and r["solver"] == solver]
-            label = f"{name}, CG" if solver == "cg" else f"{name}, Neumann alpha={alpha}"
-            style = "s-" if solver == "cg" else "o-"
-            axes[0, 0].plot([r["hvps"] for r in rows], [r["cosine"] for r in rows], style,
-                            label=label)
-            axes[1, 0].plot([r["hvps"] for r in rows], [r["rel_error"] for r in rows], style,
-                            label=label)
-        rows = [r for r in result["rows"] if r["problem"] == name and r["sweep"] == "inner_steps"]
-        axes[0, 1].plot([r["inner_steps"] for r in rows], [r["cosine"] for r in rows], "o-",
-                        label=f"{name}, Neumann J=15")
-        axes[0, 1].plot([r["inner_steps"] for r in rows],
-                        [r["exact_at_end_cosine"] for r in rows], "x--",
-                        label=f"{name}, exact solve at end point")
-        axes[1, 1].plot([r["inner_steps"] for r in rows], [r["rel_error"] for r in rows], "o-",
-                        label=f"{name}, Neumann J=15")
-        axes[0, 1].plot([r["inner_steps"] for r in rows], [r["cg_cosine"] for r in rows], "s-",
-                        label=f"{name}, CG 15 HVPs")
-        axes[1, 1].plot([r["inner_steps"] for r in rows], [r["cg_rel_error"] for r in rows],
-                        "s-", label=f"{name}, CG 15 HVPs")
-    for ax, (xl, yl) in zip(axes.flat, (("Hessian-vector products", "cosine"),
-                                        ("SGD inner steps", "cosine"),
-                                        ("Hessian-vector products", "relative error"),
-                                        ("SGD inner steps", "relative error")), strict=True):
-        ax.set_xscale("log")
-        ax.set_xlabel(xl)
-        ax.set_ylabel(f"{yl} to true dM/dw")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes[1]:
-        ax.set_yscale("log")
-    fig.tight_layout()
-    with atomic.atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png", dpi=110)
-    plt.close(fig)
-
-
-@command("domainbed_itl.meta.check_hypergrad")
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.check_hypergrad",
-                                description="Neumann and CG hypergradient accuracy study.")
-    p.add_argument("--data_dir", default="data", help="holds MNIST/raw (see make demo)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
-    p.add_argument("--J", type=int, nargs="+", default=[1, 5, 15, 50, 200])
-    p.add_argument("--inner_steps", type=int, nargs="+", default=[50, 200, 1000, 5000])
-    p.add_argument("--n_train", type=int, default=300)
-    p.add_argument("--inner_lr", type=float, default=0.1)
-    p.add_argument("--l2", type=float, default=1e-2)
-    p.add_argument("--threads", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if min(args.J) < 0 or min(args.inner_steps) < 1 or args.n_train < 1 or not args.l2 >= 0:
-        raise UsageError("--J >= 0, --inner_steps >= 1, --n_train >= 1, --l2 >= 0")
-    try:
-        result = run_study(args.data_dir, args.problems, args.J, args.inner_steps,
-                           args.n_train, args.n_train, args.l2, args.inner_lr)
-    except RuntimeError as err:  # torchvision: MNIST files missing
-        raise UsageError(f"{err}; prepare MNIST under --data_dir first") from None
-    if not all(math.isfinite(r["cosine"]) for r in result["rows"]):
-        print("warning: some estimates are not finite", file=sys.stderr)
-    write_outputs(result, Path(args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

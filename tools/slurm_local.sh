@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A real one-node Slurm cluster on this machine, for trying and testing the `slurm` launcher.
 #
-#   scripts/slurm_local.sh up      install Debian's slurm-wlm and munge if missing, write a
+#   tools/slurm_local.sh up      install Debian's slurm-wlm and munge if missing, write a
 #                                  one-node slurm.conf for this host, start munged, slurmctld and
 #                                  slurmd, and wait until `sinfo` shows the node idle
-#   scripts/slurm_local.sh down    stop slurmctld, slurmd and munged
-#   scripts/slurm_local.sh status  exit 0 if the node answers and is idle or busy, 1 otherwise
+#   tools/slurm_local.sh down    stop slurmctld, slurmd and munged
+#   tools/slurm_local.sh status  exit 0 if the node answers and is idle or busy, 1 otherwise
 #
 # `up` is idempotent: on a cluster already up with the same configuration it only checks it.
 # The node has all of this machine's CPUs and memory (as `slurmd -C` measures them) in one
@@ -53,7 +53,7 @@ write_conf() {
     memory=$(sed -n 's/.* RealMemory=\([0-9]*\).*/\1/p' <<<"$node")
     local wanted
     wanted=$(cat <<EOF
-# Written by scripts/slurm_local.sh: a one-node cluster on $host.
+# Written by tools/slurm_local.sh: a one-node cluster on $host.
 ClusterName=local
 SlurmctldHost=$host
 SlurmUser=root
@@ -173,6 +173,6 @@ case "${1:-}" in
     down) down ;;
     status) command -v sinfo >/dev/null && node_ready ;;
     *)
-        echo "usage: scripts/slurm_local.sh up|down|status" >&2
+        echo "usage: tools/slurm_local.sh up|down|status" >&2
         exit 2 ;;
 esac

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from domainbed.data import http
-from domainbed.data.integrity import CorruptFileError, FileSpec, verify
+from domainbed.downloads import http
+from domainbed.downloads.integrity import CorruptFileError, FileSpec, verify
 from domainbed.lib import atomic
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 lives here so that a half-written or corrupt file can never reach a training run.
 """
 
-from domainbed.data.integrity import CorruptFileError, FileSpec
-from domainbed.data.mnist import ensure_mnist
+from domainbed.downloads.integrity import CorruptFileError, FileSpec
+from domainbed.downloads.mnist_files import ensure_mnist
 
 __all__ = ["CorruptFileError", "FileSpec", "ensure_mnist"]

@@ -30,6 +30,7 @@ from domainbed_itl.tables.deploy_rows import (
     Column,
     Row,
     build_rows,
+    deployed_by,
     describe,
     seed_cell,
     trial_cell,
@@ -177,7 +178,7 @@ def _paper_row(row: Row) -> str | None:
     if row.label.startswith(TASK_SPECIFIC):
         return "Task-specific ITL-Net"
     if row.label == PUBLISHED_ITL or (row.learned is not None
-                                      and row.learned.family == "taylor"):
+                                      and deployed_by(row.learned.family) == "ERM_ITL"):
         return "ERM_ITL"
     return None
 

@@ -2,7 +2,7 @@
 
 `RECIPES` is the single table: per dataset, a list of steps run inside a staging directory next
 to the final one. Only when every step has succeeded and the result has the layout in
-`domainbed.data.layouts` is the staged folder renamed into place, so a failed or interrupted
+`domainbed.downloads.layouts` is the staged folder renamed into place, so a failed or interrupted
 download never leaves a partial dataset where the loaders would find it.
 
 Sources are the public DomainBed's (Google Drive archives for VLCS, PACS and Office-Home, the
@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from domainbed.data import http
-from domainbed.data.archives import check_archive, extract
-from domainbed.data.integrity import CorruptFileError, FileSpec, verify
-from domainbed.data.layouts import LAYOUTS, FolderLayout, WildsLayout
-from domainbed.data.mnist import MnistUnavailable, ensure_mnist, raw_dir
+from domainbed.downloads import http
+from domainbed.downloads.archives import check_archive, extract
+from domainbed.downloads.integrity import CorruptFileError, FileSpec, verify
+from domainbed.downloads.layouts import LAYOUTS, FolderLayout, WildsLayout
+from domainbed.downloads.mnist_files import MnistUnavailable, ensure_mnist, raw_dir
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class Recipe:
 
 @dataclass(frozen=True)
 class MnistRecipe:
-    """MNIST has its own verified, offline-capable chain (see `domainbed.data.mnist`)."""
+    """MNIST has its own verified, offline-capable chain (see `domainbed.downloads.mnist_files`)."""
 
     name: str = "MNIST"
 

@@ -1,26 +1,18 @@
-"""Held-out accuracy against inner-loop trainings spent, for implicit-gradient and CMA-ES runs
-(the paper's Fig. 4).
-
-    python -m domainbed_itl.meta.compare_curves --runs IFT_DIR CMA_DIR --out fig4.png
+"""Held-out accuracy against the cost spent, for implicit-gradient and CMA-ES runs alike (the
+paper's Fig. 4): each run's curve read from its log, drawn, and summarised as Markdown.
 
 Inner trainings are the common currency because they dominate both methods' cost: an
 implicit-gradient outer step trains one model per held-out domain, as does every CMA-ES
-candidate. For an implicit-gradient run the count after step k is (k + 1) * n_domains; a CMA-ES
-log records it directly. CMA-ES is drawn with its generation's best and mean candidate.
-`--x seconds` plots against wall-clock time instead, which charges the implicit gradient its
-Hessian-vector products too. The script also prints a Markdown summary of every run.
+candidate. Wall-clock seconds charge the implicit gradient its Hessian-vector products too.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-from domainbed.lib.cli import UsageError, command
 from domainbed_itl.meta.plot import new_figure, write_png
 from domainbed_itl.meta.run_files import LOG
 
@@ -45,10 +37,11 @@ def read_curve(run_dir: Path) -> dict[str, Any]:
         n = len(records[0]["held_out_accs"])
         return {"kind": "implicit gradient", "x": [(r["step"] + 1) * n for r in records],
                 "seconds": seconds, "y": [r["held_out_acc"] for r in records], "y_mean": None}
-    raise ValueError(f"{path} is neither a domainbed_itl.meta.train nor a cmaes log")
+    raise ValueError(f"{path} is neither a domainbed_itl.scripts.meta_train nor a cmaes log")
 
 
 def plot(curves: list[tuple[str, dict[str, Any]]], out: Path, x: str = "trainings") -> None:
+    """One line per run against `x` (a key of X_LABELS); CMA-ES adds its generation mean."""
     fig = new_figure()
     ax = fig.add_subplot()
     key = "x" if x == "trainings" else "seconds"
@@ -85,25 +78,3 @@ def _nan(values: list[float | None]) -> list[float]:
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-@command("domainbed_itl.meta.compare_curves")
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m domainbed_itl.meta.compare_curves",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", nargs="+", required=True, help="output directories of runs")
-    p.add_argument("--out", required=True, help="PNG to write")
-    p.add_argument("--x", default="trainings", choices=tuple(X_LABELS),
-                   help="horizontal axis: inner trainings spent (the paper's) or seconds")
-    args = p.parse_args(argv)
-    try:
-        curves = [(Path(r).name, read_curve(Path(r))) for r in args.runs]
-    except (ValueError, json.JSONDecodeError, KeyError) as err:
-        raise UsageError(str(err)) from None
-    plot(curves, Path(args.out), args.x)
-    print(summary(curves))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,78 +1,52 @@
-"""Several meta-training runs as one job: one run per (dataset, Taylor order, seed).
+"""Several implicit-gradient meta-training runs as one job: one run per (dataset, order, seed),
+each in its own directory under the job's and exactly the run `meta_train` would make there.
 
-    python -m domainbed_itl.meta.train_many --data_dir D --output_dir OUT --seeds 0 1 2 \\
-        [--orders 2 3 4 5] [--datasets RotatedMNIST ColoredMNIST] [any other meta.train flag]
-
-Run (dataset, order, seed) lives in OUT/<dataset>_order<k>_seed<s>/ (iSCE runs:
-OUT/<dataset>_isce_seed<s>/) and is exactly the run `meta.train` makes with --dataset, --order,
---seed and --output_dir set to those and every other flag as given here: the same files
-(checkpoint.pt, log.jsonl, learned_loss.json, learning_curve.png) and the same recorded
-settings, so either command resumes the other's runs. Rerunning this command resumes every run
-after its own last finished outer step. --seeds, --orders and --datasets replace --seed, --order
-and --dataset; --exclude_envs applies to every run.
-
-Why one job: the runs advance one outer step at a time together (`meta.trainer.RunGroups`).
-Where the splits are stacked (GPUs, or --inner_batching batched), the runs of one dataset and
-order, which differ in their seed only, train all their splits as one stack of models, so a
-GPU runs the paper's schedule for several seeds in about the time of one; the groups (other
-datasets, orders) take turns. On a CPU, --inner_batching auto runs each run's splits one after
-another, as `meta.train` does there. Every run has its own w, optimiser and guard rails: a run
-whose steps go non-finite is skipped and rolled back on its own; one that reaches --max_skips
-stops with an error line while the others go on, and the job then exits with status 3.
+The runs advance one outer step at a time together (`trainer.RunGroups`), so runs that differ
+in their seed only train their splits as one stack of models where the splits are stacked.
+Every run has its own w, optimiser and guard rails: one that reaches --max_skips stops while the
+others go on. Every run is loaded and resumed in memory before anything is written.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm import tqdm
 
-from domainbed.datasets.base import DataUnavailableError
+from domainbed.datasets.multiple_domain import DataUnavailableError
 from domainbed.lib import atomic
-from domainbed.lib.cli import UsageError, command, print_error
+from domainbed.lib.cli import UsageError, print_error
 from domainbed.lib.output_dir import make_output_dir
 from domainbed_itl.losses.families import get_family
-from domainbed_itl.meta import train
 from domainbed_itl.meta.families import make_family
+from domainbed_itl.meta.ift_run import make_trainer, read_checkpoint, write_outputs
+from domainbed_itl.meta.ift_settings import OPERATIONAL, RECORDED_OFF_DEFAULT, validate
 from domainbed_itl.meta.outer import DomainSet, make_domain_set
 from domainbed_itl.meta.ray_backend import RayBackend
+from domainbed_itl.meta.run_files import LOG
 from domainbed_itl.meta.run_settings import Prepared, prepare, run_config
 from domainbed_itl.meta.state import check_config, rewrite_log
 from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
 
-PROG = "domainbed_itl.meta.train_many"
-# This command's own flags (the rest are meta.train's), dropped from each run's settings.
+# The job's own flags (the rest are one run's), dropped from each run's settings.
 MANY = ("seeds", "orders", "datasets")
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = train.build_parser()
-    p.prog = "python -m domainbed_itl.meta.train_many"
-    p.description = ("Several meta-training runs (seeds x Taylor orders x datasets) in one "
-                     "process, stacked where the inner loops are batched.")
-    p.add_argument("--seeds", type=int, nargs="+", help="one run per seed (replaces --seed)")
-    p.add_argument("--orders", type=int, nargs="+",
-                   help="one run per Taylor order (replaces --order)")
-    p.add_argument("--datasets", nargs="+", help="one run per dataset (replaces --dataset)")
-    return p
 
 
 def run_name(args: argparse.Namespace) -> str:
     """The directory of one run under --output_dir."""
-    if args.family == "taylor":
+    if get_family(args.family).order is not None:
         return f"{args.dataset}_order{args.order}_seed{args.seed}"
     return f"{args.dataset}_{args.family}_seed{args.seed}"
 
 
 def expand(args: argparse.Namespace) -> list[argparse.Namespace]:
-    """The arguments of each run, as `meta.train` would parse them for that run."""
+    """The arguments of each run, as `meta_train` would parse them for that run."""
     values = {"seeds": args.seeds or [args.seed], "orders": args.orders or [args.order],
               "datasets": args.datasets or [args.dataset]}
     for name, given in values.items():
@@ -128,24 +102,24 @@ def _job(args: argparse.Namespace, cache: dict[tuple[str, int], DomainSet],
          backend: RayBackend | None) -> Job:
     """One run prepared and, if it has a checkpoint, resumed in memory; nothing written."""
     try:
-        run = prepare(args, train._read_checkpoint)
-        config = run_config(args, run.family, run.w0, train.OPERATIONAL, train.RECORDED_OFF_DEFAULT)
+        run = prepare(args, read_checkpoint)
+        config = run_config(args, run.family, run.w0, OPERATIONAL, RECORDED_OFF_DEFAULT)
         if run.saved is not None:
             check_config(run.saved["config"], config)
     except (ValueError, DataUnavailableError) as err:
         raise UsageError(f"{run_name(args)}: {err}") from None
     data = _domain_set(args, run, cache)
     run = dataclasses.replace(run, domains=[])  # the DomainSet holds the data now
-    return Job(args, run, config, train.make_trainer(args, run, data, backend))
+    return Job(args, run, config, make_trainer(args, run, data, backend))
 
 
 def checked_runs(args: argparse.Namespace) -> list[argparse.Namespace]:
-    """The runs, each refused (as a UsageError) for what `meta.train` would refuse it before
+    """The runs, each refused (as a UsageError) for what `meta_train` would refuse it before
     loading anything."""
     runs = expand(args)
     for run in runs:
         try:
-            train.validate(run)
+            validate(run)
             make_family(run.family, run.order)
         except ValueError as err:
             raise UsageError(str(err)) from None
@@ -171,13 +145,14 @@ def _held_out_by_group(jobs: Sequence[Job]) -> dict[str, str]:
     return {label: f"{sum(accs) / len(accs):.4f}" for label, accs in groups.items() if accs}
 
 
-def train_all(jobs: Sequence[Job], outer_steps: int, max_skips: int) -> int:
+def train_all(jobs: Sequence[Job], outer_steps: int, max_skips: int, prog: str) -> int:
     """Advance every run to `outer_steps`, one outer step of all at a time, writing each run's
-    outputs after each of its steps."""
+    outputs after each of its steps; 3, with an error line from `prog` per run stopped, if a
+    run reached `max_skips` skipped steps in a row."""
     for job in jobs:
         make_output_dir(job.run.out)
         atomic.remove_leftovers(job.run.out)
-        rewrite_log(job.run.out / train.LOG, job.trainer.records)
+        rewrite_log(job.run.out / LOG, job.trainer.records)
     groups = RunGroups([job.trainer for job in jobs])
     active = [i for i, job in enumerate(jobs) if job.trainer.step < outer_steps]
     status = 0
@@ -187,9 +162,9 @@ def train_all(jobs: Sequence[Job], outer_steps: int, max_skips: int) -> int:
         while active:
             for i, record in groups.step(active).items():
                 job = jobs[i]
-                train.write_outputs(job.run.out, job.trainer, job.config, record, job.title)
+                write_outputs(job.run.out, job.trainer, job.config, record, job.title)
                 if job.trainer.consecutive_skips >= max_skips:
-                    print_error(PROG, f"{job.name}: {job.trainer.consecutive_skips} outer steps "
+                    print_error(prog, f"{job.name}: {job.trainer.consecutive_skips} outer steps "
                                 f"in a row were skipped (last: {record['reason']}); it stops "
                                 "here, the other runs go on; lower --outer_lr or "
                                 "--neumann_alpha, or pick another --init")
@@ -200,25 +175,3 @@ def train_all(jobs: Sequence[Job], outer_steps: int, max_skips: int) -> int:
             bar.update(min((jobs[i].trainer.step for i in active), default=outer_steps)
                        - bar.n)
     return status
-
-
-@command(PROG)
-def main(argv: list[str] | None = None) -> int:
-    args = train.parse_args(argv, build_parser())
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    runs = checked_runs(args)
-    backend = None
-    try:
-        try:
-            backend = RayBackend(args.ray_address) if args.backend == "ray" else None
-        except ValueError as err:
-            raise UsageError(str(err)) from None
-        return train_all(prepare_jobs(runs, backend), args.outer_steps, args.max_skips)
-    finally:
-        if backend is not None:
-            backend.close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,7 +12,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from domainbed.data.integrity import CorruptFileError
+from domainbed.downloads.integrity import CorruptFileError
 
 
 def check_archive(path: Path) -> None:

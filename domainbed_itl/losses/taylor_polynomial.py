@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from domainbed_itl.losses.checks import check_order, finite_numbers
-from domainbed_itl.losses.registry import register_loss
+from domainbed_itl.losses.loss_registry import register_loss
 
 # Table 8, read as w0, w1, ..., w11 (the header's "w0, w2, ..." lists twelve numbers).
 ITL_OMEGA: tuple[float, ...] = (
