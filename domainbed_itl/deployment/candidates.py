@@ -28,8 +28,6 @@ ITL_LABEL = "ITL (Table 8)"
 META_KEYS = ("dataset", "seed", "exclude_envs")
 
 
-
-
 @dataclass(frozen=True)
 class Candidate:
     """One loss to deploy: its row label, how DomainBed deploys it (algorithm, hparams), the

@@ -42,8 +42,6 @@ DEFAULT_LR = 0.1
 HOLDOUT_FRACTION = 0.2
 
 
-
-
 @dataclass(frozen=True)
 class MLPProtocol:
     """The settings of an MLP deployment; `seed` is the dataset seed (as in meta_train and
@@ -223,8 +221,6 @@ def run_jobs(jobs: Sequence[Job], dataset: str, data_dir: str, protocol: MLPProt
     with context.Pool(min(workers, len(jobs)), _start_worker,
                       (dataset, data_dir, protocol)) as pool:
         yield from pool.imap_unordered(_work, jobs)
-
-
 
 
 def mlp_record(dataset: str, job: Job, protocol: MLPProtocol, scores: Scores,

@@ -28,8 +28,6 @@ PROTOCOLS = ("mlp", "domainbed")
 RECORDS = "records.jsonl"
 
 
-
-
 @dataclass(frozen=True)
 class Record:
     """One finished deployment run (the module docstring gives the format); `seconds` is None

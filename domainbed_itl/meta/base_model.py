@@ -63,7 +63,6 @@ def accuracy(params: Params, x: torch.Tensor, y: torch.Tensor, chunk: int = 4096
     return correct / len(y)
 
 
-
 def stack_params(models: Sequence[Params]) -> Params:
     """K models' parameters as K-stacked autograd leaves [W1 (K, in, out), b1 (K, out), ...]."""
     return [torch.stack([m[i].detach() for m in models]).requires_grad_()

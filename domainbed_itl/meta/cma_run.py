@@ -34,7 +34,6 @@ LEGACY_STATE = "state.pkl"
 OPERATIONAL = ("budget",)
 
 
-
 def load_state(out: Path, family: LossFamily) -> SearchState | None:
     """The saved search in `out`, None for a new one; refuses what it must not load."""
     if (out / LEGACY_STATE).exists():

@@ -37,7 +37,6 @@ from domainbed_itl.meta.trainer import MetaTrainer, RunGroups
 MANY = ("seeds", "orders", "datasets")
 
 
-
 def run_name(args: argparse.Namespace) -> str:
     """The directory of one run under --output_dir."""
     if get_family(args.family).order is not None:

@@ -353,7 +353,6 @@ def test_an_old_comparison_is_moved_into_place_reused_and_resumed(tmp_path, caps
     assert "Moved " not in printed and "Launching" not in printed
 
 
-
 def test_failed_runs_exit_1_naming_one_and_are_not_tabulated(tmp_path, capsys):
     out = tmp_path / "compare"
     assert compare_losses.main(["--dataset", "RotatedMNIST", "--data_dir",
