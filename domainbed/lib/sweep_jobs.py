@@ -148,6 +148,16 @@ def to_launch(jobs: Sequence[Job], resume_incomplete: bool) -> list[Job]:
     ]
 
 
+def report_left_alone(jobs: Sequence[Job], launching: Sequence[Job]) -> None:
+    """Name every incomplete job that is not being started because a live process runs it, so
+    a resuming launcher says why it leaves a job alone."""
+    starting = {id(job) for job in launching}
+    for job in jobs:
+        if job.state == INCOMPLETE and id(job) not in starting:
+            print(f"Left alone, running elsewhere (pid@host {joblock.holder(job.output_dir)}): "
+                  f"{job.output_dir}")
+
+
 def check_launcher(name: str, options: dict[str, Any], settings: bool = True) -> launchers.Launcher:
     """The registered launcher `name`, once it is known to take `options` and, with `settings`,
     to be able to run here; UsageError saying what to change otherwise."""

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from domainbed import datasets, hparams_registry, launchers
-from domainbed.lib import joblock
 from domainbed.lib.cli import OneLineParser, UsageError, command, path_arg
 from domainbed.lib.misc import seed_hash
 from domainbed.lib.output_dir import check_output_dir
@@ -34,6 +33,7 @@ from domainbed.lib.sweep_jobs import (
     NOT_LAUNCHED,
     Job,
     check_launcher,
+    report_left_alone,
     to_launch,
 )
 
@@ -321,11 +321,7 @@ def run(args: argparse.Namespace, args_list_for: ArgsListBuilder = multi_source_
                 "--resume_incomplete to continue them from their last checkpoint."
             )
         elif args.resume_incomplete:
-            starting = {id(job) for job in launching}
-            for job in jobs:
-                if job.state == INCOMPLETE and id(job) not in starting:
-                    print(f"Left alone, running elsewhere (pid@host "
-                          f"{joblock.holder(job.output_dir)}): {job.output_dir}")
+            report_left_alone(jobs, launching)
         print(f"About to launch {len(launching)} jobs.")
         if not launching or not _confirmed(args):
             return 0

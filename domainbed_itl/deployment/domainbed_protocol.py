@@ -34,7 +34,7 @@ from domainbed import datasets, launchers
 from domainbed.lib import atomic, joblock, run_dir
 from domainbed.lib.cli import Failure, UsageError
 from domainbed.lib.run_dir import finished_records, refuse_other_arguments
-from domainbed.lib.sweep_jobs import Job, to_launch
+from domainbed.lib.sweep_jobs import Job, report_left_alone, to_launch
 from domainbed_itl.deployment.candidates import (
     CE_LABEL,
     ITL_LABEL,
@@ -217,11 +217,9 @@ def launch(runs: Sequence[Run], launcher: launchers.Launcher,
 
     An incomplete run that a live process still trains is left to it, and said so."""
     jobs = [run.job for run in runs]
-    starting = {id(job) for job in to_launch(jobs, resume_incomplete=True)}
-    for job in jobs:
-        if job.state == Job.INCOMPLETE and id(job) not in starting:
-            print(f"Left alone, running elsewhere (pid@host {joblock.holder(job.output_dir)}): "
-                  f"{job.output_dir}")
+    launching = to_launch(jobs, resume_incomplete=True)
+    report_left_alone(jobs, launching)
+    starting = {id(job) for job in launching}
     started = [run for run in runs if id(run.job) in starting]
     if not started:
         return [], []

@@ -77,11 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"unknown dataset {args.dataset!r} (known: "
                          f"{', '.join(datasets.DATASETS)})")
     rows = domainbed_protocol.candidates(args.learned)
-    launcher = check_launcher(args.command_launcher, launcher_options(args))
+    options = launcher_options(args)
+    launcher = check_launcher(args.command_launcher, options)
     check_output_dir(args.output_dir)
     warn_if_bf16_is_slow(args.precision, PROG)
     try:
-        outcome = domainbed_protocol.compare(args, rows, launcher, launcher_options(args),
+        outcome = domainbed_protocol.compare(args, rows, launcher, options,
                                              verbose=not args.quiet)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; run the same command again to resume", file=sys.stderr)

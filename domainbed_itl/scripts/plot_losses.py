@@ -25,7 +25,6 @@ from domainbed.lib import atomic
 from domainbed.lib.cli import OneLineParser, UsageError, command
 from domainbed.lib.output_dir import check_output_dir
 from domainbed_itl.losses import get_loss, n_taylor_params
-from domainbed_itl.losses.families import get_family
 from domainbed_itl.losses.learned import LearnedLoss, LearnedLossError
 
 MAX_ORDER = 8
@@ -63,7 +62,7 @@ def panels(omegas: list[list[float]], learned: list[tuple[Path, LearnedLoss]] = 
         loss = get_loss("taylor", omega=omega, order=order, reduction="none")
         shown.append((f"--omega #{i} (order {order}, normalised)", loss, True))
     for path, loss in learned:
-        normalise = get_family(loss.family).label_offset
+        normalise = loss.format.label_offset
         label = path.parent.name or path.name
         shown.append((f"{label} ({loss.describe()}{', normalised' if normalise else ''})",
                       loss.module(reduction="none"), normalise))
